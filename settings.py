@@ -1,0 +1,191 @@
+"""The server's configuration: a YAML file read into frozen dataclasses.
+
+Each section of ``config.yaml`` is one dataclass below and each key one of its
+fields, so adding a setting means adding a field (with its default) and a line
+in the README. Loading checks every key and type and names the offending key
+in a :class:`ConfigError`, which ``server.py`` turns into one line and exit
+status 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import yaml
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.yaml")
+
+
+class ConfigError(Exception):
+    """A configuration problem; the message names the key or path at fault."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    cors_origin: str = "*"
+    # Addresses of reverse proxies whose X-Forwarded-For is believed.
+    trusted_proxies: tuple[str, ...] = ()
+    # Seconds in-flight responses get to finish after SIGTERM.
+    shutdown_grace: float = 5.0
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    backend: str = "filesystem"
+    library: str = "library"
+    # Converted captions and other derived files live here.
+    cache_dir: str = "var/cache"
+    # How often the filesystem store looks for added or removed videos.
+    scan_interval: float = 2.0
+    # Largest single write to a client; bounds memory per stream.
+    chunk_size: int = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PravegaSettings:
+    controller_uri: str = "tcp://127.0.0.1:9090"
+    scope: str = "binge"
+    # Worker processes that do Pravega I/O for the server.
+    workers: int = 2
+    # Seconds a Pravega call may take before the request gets a 503.
+    timeout: float = 5.0
+    # Seconds after which an instance that stopped heart-beating is dropped from presence.
+    instance_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class PresenceSettings:
+    # Seconds between websocket pings; a client silent for ping_timeout is closed.
+    ping_interval: float = 10.0
+    ping_timeout: float = 30.0
+    # Changes within this many seconds go out as one broadcast.
+    coalesce_interval: float = 0.02
+    max_message_bytes: int = 4096
+    messages_per_second: float = 20.0
+    # Bytes queued to one client before it is dropped as too slow.
+    max_pending_bytes: int = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PeerSettings:
+    # URL of the origin or of another node; set, this server is a peer node.
+    upstream: str | None = None
+    # URL at which other nodes reach this one.
+    public_url: str | None = None
+    piece_size: int = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    pravega: PravegaSettings = field(default_factory=PravegaSettings)
+    presence: PresenceSettings = field(default_factory=PresenceSettings)
+    peer: PeerSettings = field(default_factory=PeerSettings)
+
+
+BACKENDS = ("filesystem", "pravega")
+
+
+def load_settings(path: str | None = None, overrides: dict[str, object] | None = None) -> Settings:
+    """Reads and validates ``path`` (default: config.yaml beside this file).
+
+    ``overrides`` maps dotted keys (``"server.port"``) to values that win over
+    the file, as the command line's ``--host`` and ``--port`` do. Relative paths
+    in the file are taken from the file's own folder.
+    """
+    path = path or DEFAULT_CONFIG
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}".replace("\n", " ")) from None
+    return settings_from_dict(raw or {}, base_dir=os.path.dirname(os.path.abspath(path)), overrides=overrides)
+
+
+def settings_from_dict(
+    raw: object, base_dir: str = ".", overrides: dict[str, object] | None = None
+) -> Settings:
+    if not isinstance(raw, dict):
+        raise ConfigError("config: the top level must be a mapping of sections")
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for dotted, value in (overrides or {}).items():
+        section, key = dotted.split(".", 1)
+        raw.setdefault(section, {})[key] = value
+    sections = {}
+    for f in dataclasses.fields(Settings):
+        sections[f.name] = _build_section(f.name, f.default_factory, raw.pop(f.name, None) or {})
+    if raw:
+        raise ConfigError(f"unknown key '{sorted(raw)[0]}'")
+    settings = Settings(**sections)
+    return _checked(settings, base_dir)
+
+
+def _build_section(name: str, cls: type, values: object):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{name}: must be a mapping")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in known:
+            raise ConfigError(f"unknown key '{name}.{key}'")
+    kwargs = {key: _coerce(f"{name}.{key}", hints[key], value) for key, value in values.items()}
+    return cls(**kwargs)
+
+
+def _coerce(key: str, hint: object, value: object):
+    """Checks ``value`` against the field's type; ints are accepted for floats."""
+    optional = isinstance(hint, types.UnionType) and type(None) in hint.__args__
+    if optional:
+        if value is None:
+            return None
+        (hint,) = [a for a in hint.__args__ if a is not type(None)]
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: must be a list of strings")
+        return tuple(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, bool) or not isinstance(value, hint):
+        raise ConfigError(f"{key}: must be {_type_name(hint)}, not {value!r}")
+    return value
+
+
+def _type_name(hint: object) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(hint, str(hint))
+
+
+def _checked(s: Settings, base_dir: str) -> Settings:
+    def positive(key: str, value: float) -> None:
+        if value <= 0:
+            raise ConfigError(f"{key}: must be greater than 0, not {value}")
+
+    if not 0 <= s.server.port <= 65535:
+        raise ConfigError(f"server.port: must be between 0 and 65535, not {s.server.port}")
+    if s.storage.backend not in BACKENDS:
+        raise ConfigError(f"storage.backend: must be one of {', '.join(BACKENDS)}, not {s.storage.backend!r}")
+    for section in ("storage", "pravega", "presence", "server", "peer"):
+        obj = getattr(s, section)
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and f.name != "port":
+                positive(f"{section}.{f.name}", value)
+    library = os.path.normpath(os.path.join(base_dir, s.storage.library))
+    if s.storage.backend == "filesystem" and not os.path.isdir(library):
+        raise ConfigError(f"storage.library: folder not found: {library}")
+    cache_dir = os.path.normpath(os.path.join(base_dir, s.storage.cache_dir))
+    for key, url in (("peer.upstream", s.peer.upstream), ("peer.public_url", s.peer.public_url)):
+        if url is not None and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc):
+            raise ConfigError(f"{key}: must be an http:// or https:// URL, not {url!r}")
+    return dataclasses.replace(
+        s, storage=dataclasses.replace(s.storage, library=library, cache_dir=cache_dir)
+    )

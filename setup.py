@@ -1,0 +1,30 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="binge-plus",
+    version="0.1.0",
+    description="Binge+: a peer-assisted video streaming server on Tornado and Pravega",
+    python_requires=">=3.11,<3.12",
+    py_modules=["server", "settings"],
+    packages=find_packages(include=["handlers", "media", "captions", "presence", "peers"]),
+    package_data={"handlers": ["templates/*.html", "static/*"]},
+    install_requires=[
+        "tornado>=6.4",
+        "webvtt-py>=0.5",
+        "ujson>=5.9",
+        "PyYAML>=6.0",
+        "av>=12.0",
+        "charset-normalizer>=3.3",
+        "pravega==0.3.8",
+        "prometheus_client>=0.20",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-tornado>=0.8", "hypothesis>=6.100", "playwright>=1.40"],
+    },
+    entry_points={
+        "console_scripts": [
+            "binge-server=server:main",
+            "binge-ingest=media.ingest:main",
+        ],
+    },
+)
