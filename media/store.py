@@ -82,6 +82,21 @@ class VideoRecord:
         return next((t for t in self.captions if t.lang == lang), None)
 
 
+@dataclass(frozen=True)
+class NewVideo:
+    """A video on its way into a store, as the ingest command has probed it."""
+
+    id: str
+    source_path: str
+    name: str
+    mime_type: str
+    duration_seconds: float | None
+    # lang -> (caption file bytes, "srt" or "vtt")
+    captions: dict[str, tuple[bytes, str]] = field(default_factory=dict)
+    poster: bytes | None = None  # JPEG
+    metadata: dict = field(default_factory=dict)
+
+
 class Store(abc.ABC):
     """A catalog of videos and their bytes."""
 

@@ -1,0 +1,110 @@
+"""What every Binge+ HTTP handler shares: JSON answers, JSON errors and CORS."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import tornado.web
+import ujson
+from tornado.httputil import HTTPServerRequest
+
+from media.store import StoreError
+
+if TYPE_CHECKING:
+    from handlers.app import BingeApp
+
+log = logging.getLogger("binge.http")
+
+# Headers a cross-origin <video> or fetch() may read from our responses.
+EXPOSED_HEADERS = "Accept-Ranges, Content-Length, Content-Range, Content-Type, ETag, Last-Modified"
+
+
+def client_ip(request: HTTPServerRequest, trusted_proxies: tuple[str, ...]) -> str:
+    """The client's address; X-Forwarded-For counts only when a trusted proxy sent it.
+
+    Hops are read right to left, skipping trusted proxies, so a client
+    cannot pass off an address of its choosing by prepending it.
+    """
+    address = request.remote_ip or ""
+    if address not in trusted_proxies:
+        return address
+    hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+    for hop in reversed(hops):
+        address = hop
+        if hop not in trusted_proxies:
+            break
+    return address
+
+
+class ApiError(tornado.web.HTTPError):
+    """An error whose ``message`` is safe and useful to show the client."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(status, log_message=None)
+        self.message = message
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    """Answers in JSON, errors included, with the configured CORS origin on every response.
+
+    A :class:`media.store.StoreError` raised by a handler becomes its status
+    (404, 503…) with its message; anything unexpected becomes a 500 with a
+    generic message, logged here with its traceback and never sent.
+    """
+
+    application: "BingeApp"
+
+    def set_default_headers(self) -> None:
+        self.set_header("Access-Control-Allow-Origin", self.application.config.server.cors_origin)
+        self.set_header("Access-Control-Expose-Headers", EXPOSED_HEADERS)
+        self.set_header("Server", "Binge+")
+
+    def options(self, *args: str) -> None:
+        """A CORS preflight: any of our methods, with the headers a player sends."""
+        self.set_header("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS")
+        self.set_header("Access-Control-Allow-Headers", "Range, If-Range, If-None-Match, If-Modified-Since, Content-Type")
+        self.set_header("Access-Control-Max-Age", "86400")
+        self.set_status(204)
+
+    def write_json(self, obj: object, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(ujson.dumps(obj, ensure_ascii=False, escape_forward_slashes=False))
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, ApiError):
+            message = exc.message
+        elif isinstance(exc, StoreError):
+            status_code = exc.status
+            message = str(exc)
+        elif isinstance(exc, tornado.web.HTTPError) and status_code < 500:
+            message = exc.log_message % exc.args if exc.log_message else self._reason
+        else:
+            message = "internal server error" if status_code >= 500 else self._reason
+        self.set_status(status_code)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        for header in ("Content-Range", "ETag", "Last-Modified", "Accept-Ranges", "Content-Disposition"):
+            self.clear_header(header)
+        if self.request.method == "HEAD":
+            self.finish()
+        else:
+            self.finish(ujson.dumps({"error": message, "status": status_code}))
+
+    def log_exception(self, typ, value, tb) -> None:
+        if isinstance(value, (ApiError, StoreError)):
+            log.info("%s %s -> %s", self.request.method, self.request.uri, value)
+        else:
+            super().log_exception(typ, value, tb)
+
+    def client_ip(self) -> str:
+        return client_ip(self.request, self.application.config.server.trusted_proxies)
+
+
+class NotFoundHandler(BaseHandler):
+    """Any path we do not serve."""
+
+    def prepare(self) -> None:
+        raise ApiError(404, f"no such endpoint: {self.request.path}")

@@ -1,0 +1,78 @@
+"""The catalog: videos, their captions and posters."""
+
+from __future__ import annotations
+
+from handlers.base import ApiError, BaseHandler
+from media.catalog import video_json
+from media.ranges import http_date
+from media.store import VideoRecord, check_video_id
+
+
+class CatalogHandler(BaseHandler):
+    def video(self, video_id: str) -> VideoRecord:
+        return self.application.store.get(check_video_id(video_id))
+
+    def video_json(self, video: VideoRecord) -> dict:
+        return video_json(video, self.application.presence.watchers(video.id))
+
+
+class VideoListHandler(CatalogHandler):
+    """``GET /videos``: every video object, sorted by name."""
+
+    def get(self) -> None:
+        videos = sorted(self.application.store.videos().values(), key=lambda v: (v.name.lower(), v.id))
+        self.write_json([self.video_json(v) for v in videos])
+
+
+class VideoHandler(CatalogHandler):
+    """``GET /videos/{id}`` (and the old ``/videos/{id}/data``): one video object, 404 if unknown."""
+
+    def get(self, video_id: str) -> None:
+        self.write_json(self.video_json(self.video(video_id)))
+
+
+class CaptionListHandler(CatalogHandler):
+    """``GET /videos/{id}/captions``: the video's caption tracks."""
+
+    def get(self, video_id: str) -> None:
+        self.write_json(self.video_json(self.video(video_id))["captions"])
+
+
+class CaptionHandler(CatalogHandler):
+    """``GET /videos/{id}/captions/{lang}[.vtt]``: one track as WebVTT.
+
+    SRT sources are converted on first use and cached until the source
+    changes. The old ``/videos/video/{id}/caption`` path gets the default
+    track: English if there is one, else the first.
+    """
+
+    async def get(self, video_id: str, lang: str | None = None) -> None:
+        video = self.video(video_id)
+        if not video.captions:
+            raise ApiError(404, f"video {video.id!r} has no captions")
+        if lang is None:
+            lang = (video.caption("en") or video.captions[0]).lang
+        track = video.caption(lang)
+        if track is None:
+            raise ApiError(404, f"video {video.id!r} has no {lang!r} captions")
+        vtt = await self.application.captions.vtt(self.application.store, video, track)
+        self.set_header("Content-Type", "text/vtt; charset=utf-8")
+        self.set_header("Cache-Control", "no-cache")
+        self.finish(vtt.encode("utf-8"))
+
+
+class PosterHandler(CatalogHandler):
+    """``GET /videos/{id}/poster``: the poster JPEG, or a redirect to the metadata's poster URL."""
+
+    async def get(self, video_id: str) -> None:
+        video = self.video(video_id)
+        if not video.has_poster:
+            if video.poster_url:
+                self.redirect(video.poster_url)
+                return
+            raise ApiError(404, f"video {video.id!r} has no poster")
+        image = await self.application.store.poster(video)
+        self.set_header("Content-Type", "image/jpeg")
+        self.set_header("Last-Modified", http_date(video.last_modified))
+        self.set_header("Cache-Control", "public, max-age=300")
+        self.finish(image)

@@ -1,0 +1,162 @@
+"""Byte ranges and conditional requests for one representation, as RFC 9110 says.
+
+This is the decision half of serving a video: given the request headers and
+the representation's size and validators, :func:`plan_response` says which
+status to answer with and which bytes to send. It knows nothing of HTTP
+servers or stores, so it is tested exhaustively on its own.
+"""
+
+from __future__ import annotations
+
+import email.utils
+from dataclasses import dataclass
+from typing import Mapping
+
+# A Range header longer than this is not a range a player would send.
+MAX_RANGE_HEADER = 1024
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    """Bytes ``start`` to ``end``, ``end`` exclusive."""
+
+    start: int
+    end: int
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+    def content_range(self, size: int) -> str:
+        return f"bytes {self.start}-{self.end - 1}/{size}"
+
+
+class Unsatisfiable(Exception):
+    """The range header is valid but selects no byte of the representation (416)."""
+
+
+def parse_range(header: str | None, size: int) -> ByteRange | None:
+    """The single range a ``Range`` header selects, or None to send the whole body.
+
+    RFC 9110 §14.2 lets a server ignore a Range header it cannot or will not
+    satisfy: a malformed header, another unit, and several ranges at once all
+    get the full representation. A well-formed single range that starts past
+    the end raises :class:`Unsatisfiable`. A range running past the end is
+    clipped to it.
+    """
+    if not header or len(header) > MAX_RANGE_HEADER:
+        return None
+    unit, sep, spec = header.partition("=")
+    if not sep or unit.strip().lower() != "bytes":
+        return None
+    specs = [s.strip() for s in spec.split(",") if s.strip()]
+    if len(specs) != 1:
+        return None
+    first, dash, last = specs[0].partition("-")
+    first, last = first.strip(), last.strip()
+    if not dash or not _digits(first) and not _digits(last):
+        return None
+    if first and not _digits(first) or last and not _digits(last):
+        return None
+    if not first:
+        suffix = int(last)
+        if suffix == 0 or size == 0:
+            raise Unsatisfiable()
+        return ByteRange(max(0, size - suffix), size)
+    start = int(first)
+    if last and int(last) < start:
+        return None
+    if start >= size:
+        raise Unsatisfiable()
+    end = size if not last else min(int(last) + 1, size)
+    return ByteRange(start, end)
+
+
+def _digits(s: str) -> bool:
+    return s.isascii() and s.isdigit()
+
+
+def http_date(timestamp: float) -> str:
+    return email.utils.formatdate(timestamp, usegmt=True)
+
+
+def _parse_http_date(value: str) -> float | None:
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return parsed.timestamp() if parsed.tzinfo else None
+
+
+def _etag_list(header: str) -> list[str]:
+    """Entity tags in an If-Match/If-None-Match list; "*" stays as "*"."""
+    return [tag.strip() for tag in header.split(",") if tag.strip()]
+
+
+def _weak_match(a: str, b: str) -> bool:
+    return a.removeprefix("W/") == b.removeprefix("W/")
+
+
+@dataclass(frozen=True)
+class ResponsePlan:
+    """What to answer: ``status``, and the bytes to send (None for no body)."""
+
+    status: int
+    byte_range: ByteRange | None = None
+
+    @property
+    def has_body(self) -> bool:
+        return self.byte_range is not None
+
+
+def plan_response(headers: Mapping[str, str], size: int, etag: str, last_modified: float) -> ResponsePlan:
+    """Evaluates preconditions then Range for a GET or HEAD, in RFC 9110 §13.2.2's order.
+
+    ``etag`` is the representation's strong entity tag, quoted. The plan's
+    ``byte_range`` is the whole representation for a 200 and the selected
+    part for a 206; it is None for 304, 412 and 416.
+    """
+    if_match = headers.get("If-Match")
+    if if_match is not None:
+        tags = _etag_list(if_match)
+        # If-Match uses the strong comparison: a weak tag never matches.
+        if "*" not in tags and etag not in tags:
+            return ResponsePlan(412)
+    else:
+        since = _parse_http_date(headers.get("If-Unmodified-Since", ""))
+        if since is not None and int(last_modified) > since:
+            return ResponsePlan(412)
+
+    if_none_match = headers.get("If-None-Match")
+    if if_none_match is not None:
+        tags = _etag_list(if_none_match)
+        if "*" in tags or any(_weak_match(tag, etag) for tag in tags):
+            return ResponsePlan(304)
+    else:
+        since = _parse_http_date(headers.get("If-Modified-Since", ""))
+        if since is not None and int(last_modified) <= since:
+            return ResponsePlan(304)
+
+    whole = ByteRange(0, size)
+    range_header = headers.get("Range")
+    if range_header is None or not _if_range_holds(headers.get("If-Range"), etag, last_modified):
+        return ResponsePlan(200, whole)
+    try:
+        selected = parse_range(range_header, size)
+    except Unsatisfiable:
+        return ResponsePlan(416)
+    if selected is None:
+        return ResponsePlan(200, whole)
+    return ResponsePlan(206, selected)
+
+
+def _if_range_holds(if_range: str | None, etag: str, last_modified: float) -> bool:
+    """True when there is no If-Range, or its validator still matches (strongly)."""
+    if if_range is None:
+        return True
+    if_range = if_range.strip()
+    if if_range.startswith(('"', "W/")):
+        return if_range == etag
+    date = _parse_http_date(if_range)
+    # A date is a strong validator only if it matches exactly (§13.1.5).
+    return date is not None and date == int(last_modified)

@@ -1,0 +1,66 @@
+"""Runs the Binge+ server: ``python server.py [--config PATH] [--host H] [--port N]``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+import tornado.httpserver
+
+from settings import DEFAULT_CONFIG, ConfigError, Settings, load_settings
+
+log = logging.getLogger("binge.server")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Binge+ media server")
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="YAML config file (default: config.yaml)")
+    parser.add_argument("--host", help="address to listen on (overrides server.host)")
+    parser.add_argument("--port", type=int, help="port to listen on (overrides server.port)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser.parse_args(argv)
+
+
+async def serve(config: Settings, ready: asyncio.Event | None = None) -> None:
+    """Serves until SIGTERM or SIGINT, then shuts down gracefully."""
+    from handlers.app import build_app
+
+    app = await build_app(config)
+    server = tornado.httpserver.HTTPServer(app, xheaders=False, idle_connection_timeout=60)
+    server.listen(config.server.port, config.server.host)
+    log.info("Binge+ serving %s store on http://%s:%d/", app.store.name, config.server.host, config.server.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if ready:
+        ready.set()
+    await stop.wait()
+    log.info("shutting down")
+    server.stop()
+    await server.close_all_connections()
+    await app.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = {k: v for k, v in (("server.host", args.host), ("server.port", args.port)) if v is not None}
+    try:
+        config = load_settings(args.config, overrides)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(config))
+    except OSError as e:
+        print(f"cannot listen on {config.server.host}:{config.server.port}: {e.strerror}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
