@@ -62,9 +62,10 @@ class PravegaSettings:
 
 @dataclass(frozen=True)
 class PresenceSettings:
-    # Seconds between websocket pings; a client silent for ping_timeout is closed.
+    # Seconds between websocket pings; a client that has not answered one
+    # within ping_timeout is closed (Tornado wants timeout <= interval).
     ping_interval: float = 10.0
-    ping_timeout: float = 30.0
+    ping_timeout: float = 10.0
     # Changes within this many seconds go out as one broadcast.
     coalesce_interval: float = 0.02
     max_message_bytes: int = 4096
@@ -123,7 +124,8 @@ def settings_from_dict(
         raw.setdefault(section, {})[key] = value
     sections = {}
     for f in dataclasses.fields(Settings):
-        sections[f.name] = _build_section(f.name, f.default_factory, raw.pop(f.name, None) or {})
+        values = raw.pop(f.name, None)
+        sections[f.name] = _build_section(f.name, f.default_factory, {} if values is None else values)
     if raw:
         raise ConfigError(f"unknown key '{sorted(raw)[0]}'")
     settings = Settings(**sections)
@@ -179,6 +181,8 @@ def _checked(s: Settings, base_dir: str) -> Settings:
             value = getattr(obj, f.name)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and f.name != "port":
                 positive(f"{section}.{f.name}", value)
+    if s.presence.ping_timeout > s.presence.ping_interval:
+        raise ConfigError("presence.ping_timeout: must not exceed presence.ping_interval")
     library = os.path.normpath(os.path.join(base_dir, s.storage.library))
     if s.storage.backend == "filesystem" and not os.path.isdir(library):
         raise ConfigError(f"storage.library: folder not found: {library}")

@@ -60,7 +60,7 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_header("Access-Control-Expose-Headers", EXPOSED_HEADERS)
         self.set_header("Server", "Binge+")
 
-    def options(self, *args: str) -> None:
+    def options(self, *args: str, **kwargs: str) -> None:
         """A CORS preflight: any of our methods, with the headers a player sends."""
         self.set_header("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS")
         self.set_header("Access-Control-Allow-Headers", "Range, If-Range, If-None-Match, If-Modified-Since, Content-Type")

@@ -1,0 +1,189 @@
+"""``/presence``: the presence JSON on a plain GET, live presence over a websocket.
+
+A websocket client gets ``{"type": "welcome", "socketId"}``, then
+``{"type": "presence", "version", "presence"}`` after its own arrival and
+after every change (coalesced, see :mod:`presence.broadcast`). It may send
+``{"type": "watch", "video": ID[, "peer": URL]}`` and ``{"type": "leave"}``,
+which only ever change its own entry; anything else gets
+``{"type": "error", "error"}`` and the socket stays open, except a client
+that keeps flooding, which is closed with 1008. A client that does not answer
+the server's pings (``presence.ping_interval``) within ``presence.ping_timeout``
+is closed.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import secrets
+import time
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+import tornado.websocket
+import ujson
+
+from handlers.base import BaseHandler
+from presence.broadcast import encode
+
+# Frames up to this many times presence.max_message_bytes are read and
+# answered with an error; bigger ones are refused by the websocket protocol
+# (close 1009) before they are buffered.
+FRAME_LIMIT_FACTOR = 4
+
+POLICY_VIOLATION = 1008
+
+
+class BadMessage(Exception):
+    """A client message we refuse; the text goes back to the client."""
+
+
+class Verdict(enum.Enum):
+    OK = "ok"
+    LIMITED = "limited"
+    ABUSE = "abuse"
+
+
+class TokenBucket:
+    """Allows ``rate`` messages a second, in bursts of up to a second's worth (at least one).
+
+    A refused message still costs a token, so a client that keeps sending
+    while refused sinks into debt and must slow below ``rate`` to climb out;
+    once the debt is a whole burst deep, :meth:`take` answers ``ABUSE``.
+    """
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate = rate
+        self._burst = max(1.0, rate)
+        self._tokens = self._burst
+        self._clock = clock
+        self._last = clock()
+
+    def take(self) -> Verdict:
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate) - 1
+        self._last = now
+        if self._tokens >= 0:
+            return Verdict.OK
+        return Verdict.ABUSE if self._tokens < -self._burst else Verdict.LIMITED
+
+
+def check_peer(url: Any, client_ip: str) -> str:
+    """``url`` if it is an http(s) URL whose host is the client's own address; else BadMessage.
+
+    A client may only name itself as a peer: otherwise anyone could send other
+    viewers to a host of their choosing.
+    """
+    if not isinstance(url, str):
+        raise BadMessage("'peer' must be a URL")
+    parts = urlsplit(url)
+    try:
+        host = ipaddress.ip_address(parts.hostname or "")
+        same = host == ipaddress.ip_address(client_ip)
+    except ValueError:
+        same = False
+    if parts.scheme not in ("http", "https") or not same:
+        raise BadMessage(f"'peer' must be an http(s) URL whose host is your address {client_ip}")
+    return url
+
+
+class PresenceHandler(BaseHandler, tornado.websocket.WebSocketHandler):
+    """One presence websocket, or the presence JSON for a GET without ``Upgrade: websocket``.
+
+    BaseHandler comes first so its CORS headers and JSON answers apply here too.
+    """
+
+    # Set in open(); None before and once the socket has left presence.
+    socket_id: str | None = None
+
+    async def get(self, *args: str, **kwargs: str) -> None:
+        if self.request.headers.get("Upgrade", "").lower() != "websocket":
+            self.set_header("Cache-Control", "no-store")
+            self.write_json(self.application.presence.snapshot())
+            return
+        await super().get(*args, **kwargs)
+
+    # The websocket settings come from config.presence here, not from
+    # Application settings, so that they sit beside the checks they pair with.
+    @property
+    def ping_interval(self) -> float:
+        return self.application.config.presence.ping_interval
+
+    @property
+    def ping_timeout(self) -> float:
+        return self.application.config.presence.ping_timeout
+
+    @property
+    def max_message_size(self) -> int:
+        return FRAME_LIMIT_FACTOR * self.application.config.presence.max_message_bytes
+
+    def check_origin(self, origin: str) -> bool:
+        """Cross-origin pages may connect when CORS lets them read our responses."""
+        allowed = self.application.config.server.cors_origin
+        return allowed == "*" or origin == allowed or super().check_origin(origin)
+
+    def open(self, *args: str, **kwargs: str) -> None:
+        settings = self.application.config.presence
+        self.set_nodelay(True)
+        self.ip = self.client_ip()
+        self._bucket = TokenBucket(settings.messages_per_second)
+        self._broadcaster = self.application.broadcaster
+        self._broadcaster.join(self)
+        self.socket_id = secrets.token_urlsafe(15)
+        self._send({"type": "welcome", "socketId": self.socket_id})
+        self.application.presence.connect(self.socket_id, self.ip)
+
+    def on_message(self, message: str | bytes) -> None:
+        if self.socket_id is None:
+            return  # closed by us, the client has not finished closing yet
+        verdict = self._bucket.take()
+        if verdict is Verdict.ABUSE:
+            self.close(POLICY_VIOLATION, "too many messages")
+        elif verdict is Verdict.LIMITED:
+            self._send({"type": "error", "error": "too many messages; slow down"})
+        else:
+            try:
+                self._apply(message)
+            except BadMessage as e:
+                self._send({"type": "error", "error": str(e)})
+
+    def on_close(self) -> None:
+        self._leave()
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        """Closes the websocket, and takes the socket out of presence now, not when the client answers."""
+        self._leave()
+        super().close(code, reason)
+
+    def _apply(self, message: str | bytes) -> None:
+        limit = self.application.config.presence.max_message_bytes
+        size = len(message) if isinstance(message, bytes) else len(message.encode())
+        if size > limit:
+            raise BadMessage(f"message too large: {size} bytes, at most {limit}")
+        try:
+            msg = ujson.loads(message)
+        except ValueError:
+            raise BadMessage("message is not JSON") from None
+        if not isinstance(msg, dict):
+            raise BadMessage("a message must be a JSON object")
+        presence = self.application.presence
+        kind = msg.get("type")
+        if kind == "watch":
+            video = msg.get("video")
+            if not isinstance(video, str) or video not in self.application.store.videos():
+                raise BadMessage(f"unknown video {video!r}")
+            peer = check_peer(msg["peer"], self.ip) if "peer" in msg else None
+            presence.watch(self.socket_id, video, peer)
+        elif kind == "leave":
+            presence.leave(self.socket_id)
+        else:
+            raise BadMessage(f"unknown message type {kind!r}")
+
+    def _send(self, message: dict) -> None:
+        self._broadcaster.send(self, encode(message))
+
+    def _leave(self) -> None:
+        if self.socket_id is not None:
+            self._broadcaster.leave(self)
+            self.application.presence.disconnect(self.socket_id)
+            self.socket_id = None

@@ -1,0 +1,132 @@
+"""Who watches what: the presence state machine, free of any network code.
+
+Every socket has a client address and watches at most one video. Each
+operation that changes anything bumps :attr:`Presence.version` by one and
+tells every subscriber what the socket's state now is; an operation that
+changes nothing (watching the video already watched, leaving when watching
+nothing) is silent. Changes carry a socket's whole state rather than a diff,
+so applying one twice, or out of a stream shared between server instances,
+gives the same result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable, Iterable
+
+
+@dataclass(frozen=True)
+class SocketState:
+    """One socket as presence knows it."""
+
+    ipaddress: str
+    video_id: str | None = None
+    # URL of the peer node serving this client, when the client is one.
+    peer: str | None = None
+
+
+@dataclass(frozen=True)
+class Change:
+    """What subscribers hear: ``socket_id`` is now in ``state``, or gone when ``state`` is None."""
+
+    version: int
+    socket_id: str
+    state: SocketState | None
+
+
+class Presence:
+    """The sockets connected, their addresses, and the video each watches.
+
+    Operations on a socket that was never connected, or is gone, raise
+    ``KeyError``: the caller owns the socket's lifetime and must know.
+    """
+
+    def __init__(self) -> None:
+        self._version = 0
+        self._sockets: dict[str, SocketState] = {}
+        # video id -> its watchers' socket ids, in the order they started
+        # watching (a dict as an ordered set: removal is O(1)). Videos nobody
+        # watches have no entry.
+        self._watchers: dict[str, dict[str, None]] = {}
+        self._subscribers: list[Callable[[Change], None]] = []
+
+    @property
+    def version(self) -> int:
+        """How many changes presence has gone through; 0 when new."""
+        return self._version
+
+    def subscribe(self, callback: Callable[[Change], None]) -> None:
+        """Calls ``callback(change)`` after every change, once the state already shows it."""
+        self._subscribers.append(callback)
+
+    def connect(self, socket_id: str, ip: str) -> None:
+        """Adds a socket watching nothing; ``ValueError`` if the id is taken."""
+        if socket_id in self._sockets:
+            raise ValueError(f"socket {socket_id!r} is already connected")
+        self._set(socket_id, None, SocketState(ip))
+
+    def watch(self, socket_id: str, video_id: str, peer: str | None = None) -> None:
+        """Moves the socket to ``video_id`` (from whatever it watched), with ``peer`` as its peer URL."""
+        old = self._sockets[socket_id]
+        self._set(socket_id, old, replace(old, video_id=video_id, peer=peer))
+
+    def leave(self, socket_id: str) -> None:
+        """The socket watches nothing now; it stays connected."""
+        old = self._sockets[socket_id]
+        self._set(socket_id, old, replace(old, video_id=None, peer=None))
+
+    def disconnect(self, socket_id: str) -> None:
+        """Removes the socket from the sockets and from its video's watchers."""
+        self._set(socket_id, self._sockets[socket_id], None)
+
+    def drop_videos_not_in(self, video_ids: Iterable[str]) -> None:
+        """Moves the watchers of every video not in ``video_ids`` (the catalog) to no video."""
+        keep = set(video_ids)
+        for video_id in [v for v in self._watchers if v not in keep]:
+            for socket_id in list(self._watchers[video_id]):
+                self.leave(socket_id)
+
+    def socket_count(self) -> int:
+        return len(self._sockets)
+
+    def watchers(self, video_id: str) -> list[dict]:
+        """``[{"ipaddress", "socketId"[, "peer"]}]`` for the video, new dicts the caller may keep."""
+        return [self._entry(s) for s in self._watchers.get(video_id, ())]
+
+    def snapshot(self) -> dict:
+        """``{"version", "sockets": {socketId: ip}, "videos": {videoId: watchers}}``, ready for JSON."""
+        return {
+            "version": self._version,
+            "sockets": {socket_id: s.ipaddress for socket_id, s in self._sockets.items()},
+            "videos": {v: [self._entry(s) for s in ids] for v, ids in self._watchers.items()},
+        }
+
+    def _entry(self, socket_id: str) -> dict:
+        state = self._sockets[socket_id]
+        entry = {"ipaddress": state.ipaddress, "socketId": socket_id}
+        if state.peer is not None:
+            entry["peer"] = state.peer
+        return entry
+
+    def _set(self, socket_id: str, old: SocketState | None, new: SocketState | None) -> None:
+        """The one place state changes: keeps the watcher lists in step and notifies."""
+        if old == new:
+            return
+        old_video = old.video_id if old else None
+        new_video = new.video_id if new else None
+        if old_video != new_video:
+            if old_video is not None:
+                watchers = self._watchers[old_video]
+                del watchers[socket_id]
+                if not watchers:
+                    del self._watchers[old_video]
+            if new_video is not None:
+                self._watchers.setdefault(new_video, {})[socket_id] = None
+        if new is None:
+            del self._sockets[socket_id]
+        else:
+            self._sockets[socket_id] = new
+        self._version += 1
+        change = Change(self._version, socket_id, new)
+        for callback in list(self._subscribers):
+            callback(change)

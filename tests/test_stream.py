@@ -1,0 +1,185 @@
+"""Streaming a video's bytes over real HTTP, as RFC 9110 and a <video> element expect."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+
+import pytest
+import ujson
+
+from tests.conftest import read_bytes
+
+
+async def fetch(http_client, base_url, path, method="GET", **headers):
+    """Fetches without raising on 4xx; header names are given as If_None_Match=..."""
+    headers = {name.replace("_", "-"): value for name, value in headers.items()}
+    return await http_client.fetch(base_url + path, method=method, headers=headers, raise_error=False)
+
+
+@pytest.fixture
+def alpha(library):
+    return read_bytes(library / "alpha.mp4")
+
+
+@pytest.mark.gen_test
+async def test_whole_video(http_client, base_url, alpha):
+    r = await fetch(http_client, base_url, "/videos/alpha/stream")
+    assert r.code == 200
+    assert r.body == alpha
+    assert r.headers["Content-Length"] == str(len(alpha))
+    assert r.headers["Content-Type"] == "video/mp4"
+    assert r.headers["Accept-Ranges"] == "bytes"
+    assert r.headers["ETag"].startswith('"') and not r.headers["ETag"].startswith("W/")
+    assert r.headers["Last-Modified"].endswith("GMT")
+    assert r.headers["Access-Control-Allow-Origin"] == "*"
+
+
+@pytest.mark.gen_test
+async def test_webm_content_type_and_old_path(http_client, base_url, library):
+    r = await fetch(http_client, base_url, "/videos/video/beta")
+    assert r.code == 200
+    assert r.headers["Content-Type"] == "video/webm"
+    assert r.body == read_bytes(library / "beta.webm")
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("spec", ["0-99", "100-", "-100", "0-0", "-999999999", "5-999999999"])
+async def test_single_ranges(http_client, base_url, alpha, spec):
+    size = len(alpha)
+    first, _, last = spec.partition("-")
+    if not first:
+        start, end = max(0, size - int(last)), size
+    else:
+        start, end = int(first), min(int(last) + 1, size) if last else size
+    r = await fetch(http_client, base_url, "/videos/alpha/stream", Range=f"bytes={spec}")
+    assert r.code == 206
+    assert r.body == alpha[start:end]
+    assert r.headers["Content-Range"] == f"bytes {start}-{end - 1}/{size}"
+    assert r.headers["Content-Length"] == str(end - start)
+
+
+@pytest.mark.gen_test
+async def test_random_ranges_byte_for_byte(http_client, base_url, alpha):
+    rng = random.Random(7)
+    for _ in range(25):
+        start = rng.randrange(len(alpha))
+        end = rng.randrange(start, len(alpha))
+        r = await fetch(http_client, base_url, "/videos/alpha/stream", Range=f"bytes={start}-{end}")
+        assert r.code == 206 and r.body == alpha[start : end + 1]
+
+
+@pytest.mark.gen_test
+async def test_unsatisfiable_range(http_client, base_url, alpha):
+    r = await fetch(http_client, base_url, "/videos/alpha/stream", Range=f"bytes={len(alpha)}-")
+    assert r.code == 416
+    assert r.headers["Content-Range"] == f"bytes */{len(alpha)}"
+    assert "range not satisfiable" in ujson.loads(r.body)["error"]
+
+
+@pytest.mark.gen_test
+async def test_ignored_ranges_send_everything(http_client, base_url, alpha):
+    for header in ("bytes=0-1,5-9", "lines=1-2", "bytes=9-2", "garbage"):
+        r = await fetch(http_client, base_url, "/videos/alpha/stream", Range=header)
+        assert (r.code, len(r.body)) == (200, len(alpha)), header
+
+
+@pytest.mark.gen_test
+async def test_conditional_requests(http_client, base_url, alpha):
+    first = await fetch(http_client, base_url, "/videos/alpha/stream")
+    etag, modified = first.headers["ETag"], first.headers["Last-Modified"]
+
+    r = await fetch(http_client, base_url, "/videos/alpha/stream", If_None_Match=etag)
+    assert (r.code, r.body) == (304, b"")
+    assert r.headers["ETag"] == etag
+    r = await fetch(http_client, base_url, "/videos/alpha/stream", If_Modified_Since=modified)
+    assert r.code == 304
+    r = await fetch(http_client, base_url, "/videos/alpha/stream", If_None_Match='"not-it"')
+    assert r.code == 200
+
+    r = await fetch(http_client, base_url, "/videos/alpha/stream", Range="bytes=10-19", If_Range=etag)
+    assert (r.code, r.body) == (206, alpha[10:20])
+    r = await fetch(http_client, base_url, "/videos/alpha/stream", Range="bytes=10-19", If_Range='"stale"')
+    assert (r.code, r.body) == (200, alpha)
+
+    r = await fetch(http_client, base_url, "/videos/alpha/stream", If_Match='"stale"')
+    assert r.code == 412 and "error" in ujson.loads(r.body)
+
+
+@pytest.mark.gen_test
+async def test_a_changed_file_gets_a_new_etag(http_client, base_url, app, library, alpha):
+    etag = (await fetch(http_client, base_url, "/videos/alpha/stream", method="HEAD")).headers["ETag"]
+    with open(library / "alpha.mp4", "ab") as f:
+        f.write(b"\0" * 10)
+    await app.store.rescan()
+    r = await fetch(http_client, base_url, "/videos/alpha/stream", Range="bytes=10-19", If_Range=etag)
+    assert r.code == 200 and len(r.body) == len(alpha) + 10
+    assert r.headers["ETag"] != etag
+
+
+@pytest.mark.gen_test
+async def test_head(http_client, base_url, alpha):
+    r = await fetch(http_client, base_url, "/videos/alpha/stream", method="HEAD")
+    assert (r.code, r.body) == (200, b"")
+    assert r.headers["Content-Length"] == str(len(alpha))
+    r = await fetch(http_client, base_url, "/videos/alpha/stream", method="HEAD", Range="bytes=0-9")
+    assert r.code == 206 and r.headers["Content-Range"] == f"bytes 0-9/{len(alpha)}"
+
+
+@pytest.mark.gen_test
+async def test_unknown_and_invalid_ids(http_client, base_url):
+    r = await fetch(http_client, base_url, "/videos/nope/stream")
+    assert r.code == 404 and ujson.loads(r.body)["error"] == "no video with id 'nope'"
+    r = await fetch(http_client, base_url, "/videos/%2E%2Ehidden/stream")
+    assert r.code == 400 and "invalid video id" in ujson.loads(r.body)["error"]
+    r = await fetch(http_client, base_url, "/videos/nope/stream", method="HEAD")
+    assert (r.code, r.body) == (404, b"")
+
+
+@pytest.mark.gen_test
+async def test_cors_preflight(http_client, base_url):
+    r = await fetch(http_client, base_url, "/videos/alpha/stream", method="OPTIONS")
+    assert r.code == 204
+    assert "Range" in r.headers["Access-Control-Allow-Headers"]
+    assert r.headers["Access-Control-Allow-Origin"] == "*"
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_client_leaving_mid_body_releases_everything(http_server, base_url, library):
+    """A client that hangs up after a few bytes leaves no open file or task behind."""
+    with open(library / "big.mp4", "wb") as f:
+        f.truncate(256 * 1024 * 1024)
+    app = http_server.request_callback
+    await app.store.rescan()
+    await asyncio.sleep(0.05)
+    fds, tasks = open_fds(), len(asyncio.all_tasks())
+    port = int(base_url.rsplit(":", 1)[1])
+    for _ in range(5):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /videos/big/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        await reader.readexactly(64 * 1024)
+        # RST instead of FIN, as a player that gives up does.
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        writer.close()
+    for _ in range(50):
+        if open_fds() <= fds and len(asyncio.all_tasks()) <= tasks:
+            break
+        await asyncio.sleep(0.1)
+    assert open_fds() <= fds
+    assert len(asyncio.all_tasks()) <= tasks
+    r = await asyncio.wait_for(fetch_whole_range(port), 5)
+    assert r.startswith(b"HTTP/1.1 206")
+
+
+async def fetch_whole_range(port: int) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /videos/big/stream HTTP/1.1\r\nHost: x\r\nRange: bytes=0-9\r\nConnection: close\r\n\r\n")
+    data = await reader.read()
+    writer.close()
+    return data
