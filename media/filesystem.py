@@ -19,6 +19,8 @@ import ujson
 
 from media.probe import probe
 from media.store import (
+    CAPTION_FORMATS,
+    LANGUAGE_TAG,
     VIDEO_ID,
     VIDEO_TYPES,
     CaptionTrack,
@@ -32,7 +34,6 @@ from settings import StorageSettings
 
 log = logging.getLogger("binge.store")
 
-CAPTION_FORMATS = ("srt", "vtt")
 LANGUAGE_NAMES = {
     "en": "English", "fr": "Français", "de": "Deutsch", "es": "Español", "it": "Italiano",
     "nl": "Nederlands", "pt": "Português", "ja": "日本語", "zh": "中文", "ko": "한국어", "ru": "Русский",
@@ -123,7 +124,7 @@ class FilesystemStore(Store):
             if not name.startswith(video_id + "."):
                 continue
             middle, _, fmt = name[len(video_id) + 1 :].rpartition(".")
-            if fmt.lower() in CAPTION_FORMATS and (middle == "" or _is_language(middle)):
+            if fmt.lower() in CAPTION_FORMATS and (middle == "" or LANGUAGE_TAG.match(middle)):
                 lang = middle or "en"
                 if all(t.lang != lang for t in captions):
                     captions.append(CaptionTrack(lang, language_label(lang), fmt.lower()))
@@ -226,8 +227,3 @@ class FilesystemStore(Store):
         return {"ok": ok, "backend": self.name, "library": self.folder, "videos": len(self._videos),
                 **({"error": self._last_error} if self._last_error else {})}
 
-
-def _is_language(tag: str) -> bool:
-    """A BCP 47-ish tag such as ``en``, ``pt-BR`` or ``zh-Hant``."""
-    parts = tag.split("-")
-    return 2 <= len(parts[0]) <= 3 and parts[0].isalpha() and all(p.isalnum() and 1 <= len(p) <= 8 for p in parts)

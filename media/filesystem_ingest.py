@@ -14,18 +14,14 @@ captions in a language no longer given, a poster) are removed.
 from __future__ import annotations
 
 import os
-import re
 from typing import Callable
 
 import ujson
 
-from media.store import VIDEO_TYPES, InvalidInput, NewVideo, check_video_id
+from media.store import CAPTION_FORMATS, LANGUAGE_TAG, VIDEO_TYPES, InvalidInput, NewVideo, check_video_id
 from settings import Settings
 
-CAPTION_FORMATS = ("srt", "vtt")
 _COPY_CHUNK = 1024 * 1024
-# A BCP 47-ish tag as the store reads from caption names: en, pt-BR, zh-Hant.
-LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*\Z")
 
 
 def ingest_into_library(settings: Settings, item: NewVideo, progress: Callable[[int], None]) -> str:

@@ -24,10 +24,10 @@ import sys
 import unicodedata
 from typing import Iterable
 
-from media.filesystem_ingest import CAPTION_FORMATS, LANGUAGE_TAG, ingest_into_library
+from media.filesystem_ingest import ingest_into_library
 from media.probe import human_duration, poster_jpeg, probe
 from media.progress import ByteProgress
-from media.store import InvalidInput, NewVideo, StoreError, check_video_id
+from media.store import CAPTION_FORMATS, LANGUAGE_TAG, InvalidInput, NewVideo, StoreError, check_video_id
 from settings import ConfigError, load_settings
 
 PROG = "binge-ingest"

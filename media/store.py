@@ -25,6 +25,11 @@ VIDEO_TYPES = {
 }
 
 
+CAPTION_FORMATS = ("srt", "vtt")
+# A BCP 47-ish language tag, as caption file names carry it: en, pt-BR, zh-Hant.
+LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*\Z")
+
+
 class StoreError(Exception):
     """A request the store cannot serve; ``status`` is the HTTP status to answer with."""
 
