@@ -145,7 +145,7 @@ class FilesystemStore(Store):
             etag=f'"{st.st_size:x}-{st.st_mtime_ns:x}-{st.st_ino:x}"',
             last_modified=st.st_mtime,
             duration_seconds=float(duration) if duration is not None else None,
-            captions=tuple(captions),
+            captions=tuple(sorted(captions, key=lambda t: t.lang)),
             poster_url=poster_url,
             has_poster=has_poster,
             metadata={**meta, "file": entry.name},

@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import signal
-import socket
-import subprocess
 import time
 import uuid
 
@@ -25,80 +22,10 @@ from media.pravega_catalog import stream_prefix
 from media.pravega_io import stream_manager
 from media.pravega_store import PravegaStore, ingest_into_pravega
 from media.store import NewVideo, NotFound, Unavailable
+from tests.pravega_server import PrivatePravega
 from settings import settings_from_dict
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "scripts", "pravega")
 TIMEOUT = 2.0
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _script(command: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([SCRIPT, command], env={**os.environ, **(env or {})}, capture_output=True, text=True,
-                          timeout=600)
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"Pravega is needed under CI: {reason}")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="session")
-def controller_uri():
-    """The shared Pravega, started here unless something already listens on its port."""
-    port = int(os.environ.get("PRAVEGA_CONTROLLER_PORT", "9090"))
-    started = False
-    if not _port_open(port):
-        result = _script("start")
-        if result.returncode != 0:
-            _unavailable(f"scripts/pravega start failed:\n{result.stdout}{result.stderr}")
-        started = True
-    yield f"tcp://127.0.0.1:{port}"
-    if started:
-        _script("stop")
-
-
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-class PrivatePravega:
-    """A Pravega of this test's own, to pause, stop and start at will."""
-
-    def __init__(self, home) -> None:
-        controller, segmentstore, zk, rest = _free_ports(4)
-        self.env = {
-            "PRAVEGA_HOME": str(home), "PRAVEGA_CONTROLLER_PORT": str(controller),
-            "PRAVEGA_SEGMENTSTORE_PORT": str(segmentstore), "PRAVEGA_ZK_PORT": str(zk),
-            "PRAVEGA_REST_PORT": str(rest), "PRAVEGA_HEAP": "512m",
-        }
-        self.home = home
-        self.uri = f"tcp://127.0.0.1:{controller}"
-
-    def start(self) -> None:
-        result = _script("start", self.env)
-        if result.returncode != 0:
-            _unavailable(f"scripts/pravega start failed:\n{result.stdout}{result.stderr}")
-
-    def stop(self) -> None:
-        result = _script("stop", self.env)
-        assert result.returncode == 0, result.stderr
-
-    def signal(self, sig: int) -> None:
-        os.kill(int((self.home / "pravega.pid").read_text()), sig)
 
 
 @pytest.fixture

@@ -1,0 +1,198 @@
+"""Streaming throughput: Binge+ against nginx and Tornado's StaticFileHandler.
+
+One 256 MiB file is served by each server on loopback and loaded with wrk:
+50 connections asking for random 1 MiB ranges. Rounds alternate between the
+servers so that noise on this shared machine hits all of them alike; the
+medians and their ratios to nginx are printed, with Binge+'s memory (RSS)
+before and at its peak.
+
+    .venv/bin/python bench/stream_http.py [--seconds 10] [--rounds 3]
+
+Needs nginx and wrk (scripts/setup --test installs them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FILE_SIZE = 256 * 1024 * 1024
+RANGE = 1024 * 1024
+
+WRK_SCRIPT = """
+math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16))
+request = function()
+  local start = math.random(0, %(pieces)d - 1) * %(range)d
+  return wrk.format("GET", nil, {["Range"] = "bytes=" .. start .. "-" .. (start + %(range)d - 1)})
+end
+"""
+
+STATIC_SERVER = """
+import asyncio, sys, tornado.web
+async def main():
+    app = tornado.web.Application([(r"/(.*)", tornado.web.StaticFileHandler, {"path": sys.argv[1]})])
+    app.listen(int(sys.argv[2]), "127.0.0.1")
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+NGINX_CONF = """
+worker_processes 1;
+pid %(dir)s/nginx.pid;
+error_log %(dir)s/nginx-error.log;
+daemon off;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    client_body_temp_path %(dir)s/tmp;
+    proxy_temp_path %(dir)s/tmp;
+    fastcgi_temp_path %(dir)s/tmp;
+    uwsgi_temp_path %(dir)s/tmp;
+    scgi_temp_path %(dir)s/tmp;
+    server {
+        listen 127.0.0.1:%(port)d;
+        location / { root %(root)s; }
+    }
+}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server for {url} exited with {proc.returncode}")
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=1)
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"{url} did not come up")
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+
+
+class PeakRss(threading.Thread):
+    """Samples a process's RSS every 50 ms while a load runs."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.peak, self.running = pid, 0, True
+
+    def run(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, rss_kib(self.pid))
+            time.sleep(0.05)
+
+
+def wrk(url: str, script: str, seconds: int, connections: int) -> float:
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", script, url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        raise SystemExit(f"{url}: {errors.group(1)} failed responses\n{out}")
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=50)
+    args = parser.parse_args()
+    for tool in ("nginx", "wrk"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is not installed: run scripts/setup --test")
+
+    work = tempfile.mkdtemp(prefix="binge-bench-")
+    procs: list[subprocess.Popen] = []
+    try:
+        library = os.path.join(work, "library")
+        os.makedirs(os.path.join(work, "tmp"))
+        os.makedirs(library)
+        with open(os.path.join(library, "big.mp4"), "wb") as f:
+            for _ in range(FILE_SIZE // RANGE):
+                f.write(os.urandom(RANGE))
+        script = os.path.join(work, "ranges.lua")
+        with open(script, "w") as f:
+            f.write(WRK_SCRIPT % {"pieces": FILE_SIZE // RANGE, "range": RANGE})
+
+        ports = {name: free_port() for name in ("binge", "static", "nginx")}
+        config = os.path.join(work, "config.yaml")
+        with open(config, "w") as f:
+            f.write(f"storage:\n  library: {library}\n  cache_dir: {work}/cache\n")
+        binge = subprocess.Popen([sys.executable, os.path.join(ROOT, "server.py"), "--config", config,
+                                  "--port", str(ports["binge"]), "--log-level", "WARNING"], cwd=ROOT)
+        static = subprocess.Popen([sys.executable, "-c", STATIC_SERVER, library, str(ports["static"])])
+        with open(os.path.join(work, "nginx.conf"), "w") as f:
+            f.write(NGINX_CONF % {"dir": work, "port": ports["nginx"], "root": library})
+        nginx = subprocess.Popen(["nginx", "-c", os.path.join(work, "nginx.conf"), "-p", work])
+        procs += [binge, static, nginx]
+        urls = {
+            "binge": f"http://127.0.0.1:{ports['binge']}/videos/big/stream",
+            "static": f"http://127.0.0.1:{ports['static']}/big.mp4",
+            "nginx": f"http://127.0.0.1:{ports['nginx']}/big.mp4",
+        }
+        for name, proc in (("binge", binge), ("static", static), ("nginx", nginx)):
+            wait_until_up(urls[name], proc)
+
+        # Warm the page cache and each server once before measuring.
+        for url in urls.values():
+            wrk(url, script, 2, args.connections)
+        rss_before = rss_kib(binge.pid)
+        peak = PeakRss(binge.pid)
+        peak.start()
+        results: dict[str, list[float]] = {name: [] for name in urls}
+        for round_ in range(args.rounds):
+            for name, url in urls.items():
+                results[name].append(wrk(url, script, args.seconds, args.connections))
+                print(f"round {round_ + 1} {name:7s} {results[name][-1]:8.1f} req/s", flush=True)
+        peak.running = False
+        peak.join()
+
+        medians = {name: statistics.median(values) for name, values in results.items()}
+        print(f"\n{args.connections} connections, random 1 MiB ranges of a 256 MiB file, "
+              f"{args.rounds} rounds of {args.seconds} s, medians:")
+        labels = {"nginx": "nginx (sendfile, 1 worker)", "binge": "Binge+ (filesystem store)",
+                  "static": "Tornado StaticFileHandler"}
+        for name in ("nginx", "binge", "static"):
+            print(f"  {labels[name]:28s} {medians[name]:8.1f} req/s  {medians[name] / medians['nginx']:.2f}x nginx "
+                  f"({medians[name] * RANGE / 2**20:.0f} MiB/s)")
+        print(f"  Binge+ RSS: {rss_before / 1024:.1f} MiB before, {max(peak.peak, rss_before) / 1024:.1f} MiB at peak")
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Config validation, and the server as a user starts it."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+import ujson
+
+from settings import ConfigError, load_settings, settings_from_dict
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"server": {"prot": 1}}, "unknown key 'server.prot'"),
+        ({"servr": {}}, "unknown key 'servr'"),
+        ({"server": {"port": "80"}}, "server.port: must be an integer"),
+        ({"server": {"port": True}}, "server.port: must be an integer"),
+        ({"server": {"port": 70000}}, "server.port: must be between 0 and 65535"),
+        ({"server": {"trusted_proxies": "10.0.0.1"}}, "server.trusted_proxies: must be a list of strings"),
+        ({"storage": {"backend": "s3"}}, "storage.backend: must be one of filesystem, pravega"),
+        ({"storage": {"library": "/does/not/exist"}}, "storage.library: folder not found: /does/not/exist"),
+        ({"storage": {"chunk_size": 0}}, "storage.chunk_size: must be greater than 0"),
+        ({"peer": {"upstream": "ftp://x"}}, "peer.upstream: must be an http:// or https:// URL"),
+        ({"server": []}, "server: must be a mapping"),
+        ([], "config: the top level must be a mapping"),
+    ],
+)
+def test_bad_config_names_the_key(raw, message, tmp_path):
+    (tmp_path / "library").mkdir()
+    with pytest.raises(ConfigError) as e:
+        settings_from_dict(raw, base_dir=str(tmp_path))
+    assert message in str(e.value)
+
+
+def test_paths_are_relative_to_the_config_file(tmp_path):
+    (tmp_path / "media").mkdir()
+    (tmp_path / "c.yaml").write_text("storage:\n  library: media\n  scan_interval: 1\n")
+    s = load_settings(str(tmp_path / "c.yaml"), {"server.port": 9999})
+    assert s.storage.library == str(tmp_path / "media")
+    assert s.storage.cache_dir == str(tmp_path / "var" / "cache")
+    assert s.storage.scan_interval == 1.0 and s.server.port == 9999
+
+
+def run_server(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "server.py"), *args], capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("server:\n  port: many\n", "config error: server.port: must be an integer, not 'many'\n"),
+        ("storage:\n  colour: red\n", "config error: unknown key 'storage.colour'\n"),
+        ("storage: [unclosed\n", "config error: "),
+    ],
+)
+def test_server_rejects_bad_config_with_one_line(tmp_path, text, expected):
+    (tmp_path / "library").mkdir()
+    (tmp_path / "c.yaml").write_text(text)
+    result = run_server("--config", str(tmp_path / "c.yaml"))
+    assert result.returncode == 2
+    assert result.stderr.startswith(expected) and result.stderr.count("\n") == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_server_reports_missing_library(tmp_path):
+    (tmp_path / "c.yaml").write_text("storage:\n  library: nowhere\n")
+    result = run_server("--config", str(tmp_path / "c.yaml"))
+    assert (result.returncode, result.stderr) == (2, f"config error: storage.library: folder not found: {tmp_path / 'nowhere'}\n")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_server_runs_and_stops_on_sigterm(tmp_path, library):
+    (tmp_path / "c.yaml").write_text(f"storage:\n  library: {library}\n  cache_dir: {tmp_path / 'cache'}\n")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "server.py"), "--config", str(tmp_path / "c.yaml"), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/videos", timeout=2) as r:
+                    videos = ujson.loads(r.read())
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read() if proc.poll() is not None else "timeout"
+                time.sleep(0.2)
+        assert [v["id"] for v in videos] == ["alpha", "beta"]
+    finally:
+        proc.terminate()
+        output, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0, output
+    assert "Traceback" not in output
