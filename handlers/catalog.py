@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from captions.convert import CaptionError
 from handlers.base import ApiError, BaseHandler
 from media.catalog import video_json
 from media.ranges import http_date
@@ -55,7 +56,10 @@ class CaptionHandler(CatalogHandler):
         track = video.caption(lang)
         if track is None:
             raise ApiError(404, f"video {video.id!r} has no {lang!r} captions")
-        vtt = await self.application.captions.vtt(self.application.store, video, track)
+        try:
+            vtt = await self.application.captions.vtt(self.application.store, video, track)
+        except CaptionError as e:
+            raise ApiError(422, f"the {lang!r} captions of video {video.id!r} cannot be used: {e}") from None
         self.set_header("Content-Type", "text/vtt; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
         self.finish(vtt.encode("utf-8"))

@@ -102,3 +102,14 @@ async def test_videos_added_while_running_appear(http_client, base_url, ingest, 
             break
         await asyncio.sleep(0.1)
     assert [v["id"] for v in videos] == ["alpha", "beta", "gamma"]
+
+
+@pytest.mark.gen_test
+async def test_unusable_captions_are_a_422_not_a_500(http_client, base_url, ingest, sample_videos):
+    ingest(dataclasses.replace(sample_videos[1], id="mute", captions={"en": (b"\x89PNG\r\n\x1a\n\0\0binary", "srt")}))
+    for _ in range(100):
+        code, body, _ = await get_json(http_client, base_url, "/videos/mute/captions/en.vtt")
+        if code != 404:
+            break
+        await asyncio.sleep(0.1)
+    assert code == 422 and "cannot be used" in body["error"]

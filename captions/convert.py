@@ -1,0 +1,498 @@
+"""Subtitle files as people really make them in, clean WebVTT out.
+
+The content decides how a file is read, not its name: a file that starts
+with the ``WEBVTT`` signature is read as WebVTT by webvtt-py, anything else
+with the tolerant SRT reader below (renamed files are common). Output always
+starts with ``WEBVTT\\n\\n`` and reads back with webvtt-py in strict mode.
+
+What the SRT reader accepts and how it repairs it:
+
+* Encodings: a UTF-8, UTF-16 or UTF-32 byte order mark; else UTF-8; else a
+  legacy code page (see :func:`decode_subtitle_bytes`). CRLF and CR become LF.
+* Cue numbers are ignored, so missing or repeated ones do not matter, and
+  WebVTT identifiers (which must be unique) are not written.
+* Timings: ``,`` or ``.`` before the milliseconds, fields without zero
+  padding, hours past 99, no milliseconds at all. Fields are integers as
+  written, so ``0:0:1,5`` is 1.005 s, as ffmpeg, VLC and webvtt-py's own SRT
+  reader read it: short fields come from tools that do not zero-pad.
+* Blank lines inside a cue are dropped: a cue runs to the next timing line.
+* End before start: the two are swapped (browsers reject such cues, and a
+  swap keeps the text on screen for the intended length). Cues are written
+  sorted by start time, as WebVTT requires.
+* Text is escaped for WebVTT: ``&``, ``>`` and any ``<`` that does not start
+  a kept tag. ``<i> <b> <u>`` and their closers are kept (case folded,
+  balanced); ``<font ...>`` and ``</font>`` are dropped.
+* ``{\\anN}`` (an ASS position override) becomes cue settings: the top row
+  (7-9) ``line:0``, the middle row (4-6) ``line:50%,center``, the left column
+  (1, 4, 7) ``align:left``, the right column (3, 6, 9) ``align:right``. Other
+  ``{\\...}`` override blocks are dropped.
+
+A cue that cannot be repaired (unreadable timing, zero length, no visible
+text) is skipped and logged on ``binge.captions`` at WARNING with its
+position ("cue 3 (line 12)": the third timing line of the file, as cue
+numbers cannot be trusted); only a file with no usable cue at all raises
+:class:`CaptionError`.
+Every step is linear in the input, which is capped at
+:data:`MAX_INPUT_BYTES`.
+"""
+
+from __future__ import annotations
+
+import codecs
+import collections
+import logging
+import re
+import unicodedata
+from dataclasses import dataclass, field
+
+import charset_normalizer
+import webvtt
+from webvtt.models import Timestamp
+
+log = logging.getLogger("binge.captions")
+
+MAX_INPUT_BYTES = 10 * 1024 * 1024
+
+# Skipped cues past this many are logged as one count.
+_MAX_LOGGED_SKIPS = 20
+
+
+class CaptionError(ValueError):
+    """The file is not a subtitle file, or has no cue that could be used."""
+
+
+# ---------------------------------------------------------------- decoding
+
+# UTF-32 LE first: its mark starts with the UTF-16 LE one.
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
+
+# Non-letters that real subtitle text uses; any other non-ASCII non-letter
+# counts against a candidate decoding.
+_TYPOGRAPHY = frozenset("‘’‚“”„–—…«»‹›¡¿°€£¥§©®·•\u00a0♪♫")
+
+# C0 controls (bar tab and LF) and DEL, removed from the text.
+_CONTROLS = dict.fromkeys([*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F])
+
+_LEGACY_CANDIDATES = 3
+
+
+def decode_subtitle_bytes(data: bytes) -> str:
+    """Decodes a subtitle file to text with LF line ends and no byte order mark.
+
+    A byte order mark wins; otherwise strict UTF-8; otherwise a legacy code
+    page. charset-normalizer proposes the code pages, but it often picks a
+    wrong Latin one for short Western text (cp1250 for French), so when its
+    best guess is Latin script, cp1252 and its candidates compete on how few
+    unlikely characters they produce, cp1252 winning ties: it is what most
+    legacy subtitle files use, and Latin-1 text reads the same in it. A
+    non-Latin guess (cp1251 Cyrillic…) is taken as is. NUL characters and
+    other C0 controls are removed.
+
+    :raises CaptionError: if ``data`` is empty or over :data:`MAX_INPUT_BYTES`
+    """
+    if not data:
+        raise CaptionError("the subtitle file is empty")
+    if len(data) > MAX_INPUT_BYTES:
+        raise CaptionError(
+            f"the subtitle file is {len(data) / 2**20:.1f} MiB, "
+            f"over the {MAX_INPUT_BYTES // 2**20} MiB limit"
+        )
+    text = _decode(data)
+    text = text.replace("\r\n", "\n").replace("\r", "\n").translate(_CONTROLS)
+    return text.removeprefix("\ufeff")
+
+
+def _decode(data: bytes) -> str:
+    for bom, encoding in _BOMS:
+        if data.startswith(bom):
+            return data[len(bom):].decode(encoding, errors="replace")
+    # NUL bytes mean UTF-16 or UTF-32 without a mark, which ASCII content
+    # makes valid UTF-8 too.
+    if b"\x00" not in data:
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    return _decode_legacy(data)
+
+
+def _decode_legacy(data: bytes) -> str:
+    detected = [str(match) for match in list(charset_normalizer.from_bytes(data))[:_LEGACY_CANDIDATES]]
+    if detected and not _is_latin_script(detected[0]):
+        return detected[0]
+    try:
+        candidates = [data.decode("cp1252"), *detected]
+    except UnicodeDecodeError:  # bytes cp1252 leaves undefined
+        candidates = detected or [data.decode("latin-1")]
+    # min() keeps the first of equals: cp1252, then charset-normalizer's order.
+    return min(candidates, key=_unlikely_characters)
+
+
+def _is_latin_script(text: str) -> bool:
+    return all(
+        unicodedata.name(char, "").startswith("LATIN")
+        for char in set(text)
+        if ord(char) > 127 and char.isalpha()
+    )
+
+
+def _unlikely_characters(text: str) -> int:
+    """How many characters a real subtitle would hardly hold: stray symbols, controls."""
+    return sum(
+        count
+        for char, count in collections.Counter(text).items()
+        if (ord(char) > 127 and not char.isalpha() and char not in _TYPOGRAPHY)
+        or (ord(char) < 32 and char not in "\t\n\r")
+    )
+
+
+# ---------------------------------------------------------------- conversion
+
+
+def to_vtt(data: bytes, fmt: str) -> str:
+    """Converts a caption file whose declared format is ``fmt`` ("srt" or "vtt") to WebVTT.
+
+    :raises CaptionError: for another format, or see :func:`srt_to_vtt`
+    """
+    converters = {"srt": srt_to_vtt, "vtt": vtt_to_vtt}
+    converter = converters.get(fmt.lower().lstrip("."))
+    if converter is None:
+        raise CaptionError(f"unsupported subtitle format {fmt!r}: use SRT or WebVTT")
+    return converter(data)
+
+
+def srt_to_vtt(data: bytes) -> str:
+    """Converts an SRT file to WebVTT, repairing what can be repaired (see the module doc).
+
+    A file that is really WebVTT is passed through as :func:`vtt_to_vtt` does.
+
+    :raises CaptionError: if the file is empty, too large, or has no usable cue
+    """
+    return _convert(data, declared="srt")
+
+
+def vtt_to_vtt(data: bytes) -> str:
+    """Validates and normalises a WebVTT file.
+
+    webvtt-py reads it (malformed cue blocks are skipped); cues, their
+    identifiers and text, valid cue settings, regions and styles are kept;
+    header text, metadata, comments and invalid settings are dropped. Cues
+    are repaired as SRT ones are (swapped times, order). A file without the
+    ``WEBVTT`` signature is read as SRT, as renamed SRT files are common.
+
+    :raises CaptionError: if the file is empty, too large, or has no usable cue
+    """
+    return _convert(data, declared="vtt")
+
+
+def _convert(data: bytes, declared: str) -> str:
+    text = decode_subtitle_bytes(data)
+    # webvtt-py accepts anything starting with the signature; leading blank
+    # lines are a common slip.
+    stripped = text.lstrip()
+    actual = "vtt" if stripped.startswith("WEBVTT") else "srt"
+    if actual != declared:
+        log.info("subtitle file declared %s reads as %s", declared.upper(), actual.upper())
+    if actual == "vtt":
+        return _vtt_from_webvtt(stripped)
+    return _vtt_from_srt(text)
+
+
+@dataclass
+class _Cue:
+    """A cue on its way out: times in milliseconds, where it came from, for logs."""
+
+    number: int
+    line: int | None
+    start: int
+    end: int
+    caption: webvtt.Caption
+
+
+def _where(number: int, line: int | None) -> str:
+    return f"cue {number}" + (f" (line {line})" if line is not None else "")
+
+
+class _Skips:
+    """Logs skipped cues: the first few one by one, then only a count, so a broken file cannot flood the log."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.unlogged = 0
+
+    def skip(self, number: int, line: int | None, reason: str) -> None:
+        self.count += 1
+        if self.count <= _MAX_LOGGED_SKIPS:
+            log.warning("skipped %s: %s", _where(number, line), reason)
+        else:
+            self.unlogged += 1
+
+    def skip_unlocated(self, count: int, what: str) -> None:
+        self.count += count
+        log.warning("skipped %d %s", count, what)
+
+    def close(self) -> None:
+        if self.unlogged:
+            log.warning("skipped %d more cues", self.unlogged)
+
+
+def _write(cues: list[_Cue], skips: _Skips, **blocks: list) -> str:
+    """Repairs times, orders the cues and writes them with webvtt-py."""
+    usable = []
+    for cue in cues:
+        if cue.start == cue.end:
+            skips.skip(cue.number, cue.line, "it ends when it starts")
+            continue
+        if cue.end < cue.start:
+            log.info("%s: end before start, times swapped", _where(cue.number, cue.line))
+            cue.start, cue.end = cue.end, cue.start
+            cue.caption.start_time, cue.caption.end_time = cue.caption.end_time, cue.caption.start_time
+        usable.append(cue)
+    skips.close()
+    if not usable:
+        reason = f"all {skips.count} cues were unusable" if skips.count else "no cue timing line (start --> end) found"
+        raise CaptionError(f"no usable subtitles in the file: {reason}")
+    usable.sort(key=lambda cue: (cue.start, cue.end))
+    return webvtt.WebVTT(captions=[cue.caption for cue in usable], **blocks).content
+
+
+# ---------------------------------------------------------------- WebVTT
+
+
+def _vtt_from_webvtt(text: str) -> str:
+    parsed = webvtt.from_string(text)
+    skips = _Skips()
+    # webvtt-py drops malformed cue blocks silently; every cue block has one
+    # timing line, so the difference counts them.
+    dropped = sum("-->" in line for line in text.split("\n")) - len(parsed.captions)
+    if dropped > 0:
+        skips.skip_unlocated(dropped, "malformed WebVTT cue block(s)")
+    cues = []
+    for number, caption in enumerate(parsed.captions, 1):
+        if not caption.text.strip():
+            skips.skip(number, None, "no text")
+            continue
+        caption.settings = _valid_cue_settings(caption.settings)
+        caption.comments = []
+        cues.append(_Cue(number, None, caption.start_time.in_milliseconds(), caption.end_time.in_milliseconds(), caption))
+    regions = [_valid_region(region) for region in parsed.regions]
+    for style in parsed.styles:
+        style.comments = []
+    return _write(cues, skips, styles=parsed.styles, regions=regions)
+
+
+def _valid_cue_settings(settings: webvtt.CueSettings) -> webvtt.CueSettings:
+    # The properties give the last valid value of each setting; rebuilding
+    # from them drops unknown, invalid and repeated ones.
+    return webvtt.CueSettings(
+        vertical=settings.vertical,
+        line=settings.line,
+        position=settings.position,
+        size=settings.size,
+        align=settings.align,
+        region=settings.region,
+    )
+
+
+def _valid_region(region: webvtt.Region) -> webvtt.Region:
+    return webvtt.Region(
+        id=region.id,
+        width=region.width,
+        lines=region.lines,
+        regionanchor=region.regionanchor,
+        viewportanchor=region.viewportanchor,
+        scroll=region.scroll,
+    )
+
+
+# ---------------------------------------------------------------- SRT
+
+# Every quantifier is bounded and the pattern is anchored at the line start,
+# so a match attempt costs at most a few dozen steps past leading spaces.
+# Whatever follows the end time (SRT's X1:… coordinates) is ignored.
+_TIME = r"(?:(\d{1,10})\s*:\s*)?(\d{1,3})\s*:\s*(\d{1,3})(?:\s*[,.]\s*(\d{1,9}))?"
+_TIMING = re.compile(rf"\s*{_TIME}\s*-->\s*{_TIME}")
+
+
+@dataclass
+class _SrtBlock:
+    """A timing line and the text lines up to the next one."""
+
+    number: int
+    line: int
+    timing: str
+    text: list[str] = field(default_factory=list)
+
+
+def _vtt_from_srt(text: str) -> str:
+    skips = _Skips()
+    cues = []
+    for block in _srt_blocks(text):
+        cue = _srt_cue(block, skips)
+        if cue is not None:
+            cues.append(cue)
+    return _write(cues, skips)
+
+
+def _srt_blocks(text: str) -> list[_SrtBlock]:
+    """Splits the text at timing lines; lines before the first one are not subtitles."""
+    blocks: list[_SrtBlock] = []
+    for number, line in enumerate(text.split("\n"), 1):
+        if "-->" in line:
+            # A number right above a timing line is the next cue's number,
+            # not the previous cue's text.
+            if blocks and blocks[-1].text and blocks[-1].text[-1].strip().isdigit():
+                blocks[-1].text.pop()
+            blocks.append(_SrtBlock(len(blocks) + 1, number, line))
+        elif blocks:
+            blocks[-1].text.append(line)
+    return blocks
+
+
+def _srt_cue(block: _SrtBlock, skips: _Skips) -> _Cue | None:
+    match = _TIMING.match(block.timing)
+    start = end = None
+    if match:
+        start, end = _milliseconds(*match.group(1, 2, 3, 4)), _milliseconds(*match.group(5, 6, 7, 8))
+    if start is None or end is None:
+        skips.skip(block.number, block.line, f"unreadable timing {block.timing[:80]!r}")
+        return None
+    lines, settings = _CueText.convert(block.text)
+    if not lines:
+        skips.skip(block.number, block.line, "no text")
+        return None
+    caption = webvtt.Caption(_timestamp(start), _timestamp(end), lines, settings=settings)
+    return _Cue(block.number, block.line, start, end, caption)
+
+
+def _milliseconds(hours: str | None, minutes: str, seconds: str, millis: str | None) -> int | None:
+    """The time in milliseconds, or None when a field is out of its range."""
+    h, m, s, ms = int(hours or 0), int(minutes), int(seconds), int(millis or 0)
+    if m > 59 or s > 59 or ms > 999:
+        return None
+    return ((h * 60 + m) * 60 + s) * 1000 + ms
+
+
+def _timestamp(milliseconds: int) -> str:
+    hours, rest = divmod(milliseconds, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    return str(Timestamp(hours, minutes, *divmod(rest, 1000)))
+
+
+# ---------------------------------------------------------------- cue text
+
+_KEPT_TAGS = ("i", "b", "u")
+_SPECIAL = re.compile(r"[<>&{]")
+# A '<' or '{' further than this from its closer is text: bounding the
+# search keeps a line full of unclosed '<' linear.
+_MAX_TAG = 256
+
+_VERTICAL = {7: "0", 8: "0", 9: "0", 4: "50%,center", 5: "50%,center", 6: "50%,center"}
+_HORIZONTAL = {1: "left", 4: "left", 7: "left", 3: "right", 6: "right", 9: "right"}
+
+
+class _CueText:
+    """SRT cue text to WebVTT cue text: escaped, kept tags balanced, overrides read."""
+
+    def __init__(self) -> None:
+        self.open_tags: list[str] = []
+        self.lines: list[str] = []
+        # Markup from lines with nothing visible, carried to the next visible line.
+        self.pending = ""
+        self.alignment: int | None = None
+
+    @classmethod
+    def convert(cls, lines: list[str]) -> tuple[list[str], webvtt.CueSettings | None]:
+        """The WebVTT lines (empty when nothing is visible) and the cue settings from ``{\\anN}``."""
+        text = cls()
+        for line in lines:
+            text.add_line(line.strip())
+        if not text.lines:
+            return [], None
+        text.lines[-1] += text.pending + "".join(f"</{tag}>" for tag in reversed(text.open_tags))
+        return text.lines, text.settings()
+
+    def settings(self) -> webvtt.CueSettings | None:
+        if self.alignment is None:
+            return None
+        return webvtt.CueSettings(line=_VERTICAL.get(self.alignment), align=_HORIZONTAL.get(self.alignment))
+
+    def add_line(self, line: str) -> None:
+        out: list[str] = []
+        visible = False
+        pos = 0
+        while (match := _SPECIAL.search(line, pos)) is not None:
+            i = match.start()
+            out.append(line[pos:i])
+            visible = visible or bool(line[pos:i].strip())
+            char = line[i]
+            pos = i + 1
+            if char == "&":
+                out.append("&amp;")
+                visible = True
+            elif char == ">":
+                out.append("&gt;")
+                visible = True
+            elif char == "<":
+                end = line.find(">", pos, pos + _MAX_TAG)
+                markup = self._tag(line[pos:end]) if end != -1 else None
+                if markup is None:
+                    out.append("&lt;")
+                    visible = True
+                else:
+                    out.append(markup)
+                    pos = end + 1
+            else:  # "{"
+                end = line.find("}", pos, pos + _MAX_TAG)
+                if end != -1 and line.startswith("\\", pos):
+                    self._override(line[pos:end])
+                    pos = end + 1
+                else:
+                    out.append("{")
+                    visible = True
+        out.append(line[pos:])
+        visible = visible or bool(line[pos:].strip())
+        if visible:
+            self.lines.append(self.pending + "".join(out))
+            self.pending = ""
+        else:
+            self.pending += "".join(out)
+
+    def _tag(self, content: str) -> str | None:
+        """The markup for the tag ``<content>``: "" to drop it, None when it is not a tag but text."""
+        name = "".join(content.split()).lower()
+        if name == "/font" or content.lower().split()[:1] == ["font"]:
+            return ""
+        if name in _KEPT_TAGS:
+            # Nesting a tag in itself changes nothing; refusing it keeps the
+            # stack at most three deep, so closing stays cheap.
+            if name in self.open_tags:
+                return ""
+            self.open_tags.append(name)
+            return f"<{name}>"
+        if name.startswith("/") and name[1:] in _KEPT_TAGS:
+            return self._close(name[1:])
+        return None
+
+    def _close(self, name: str) -> str:
+        if name not in self.open_tags:
+            return ""
+        # Close the tags opened inside it too, and reopen them, so the
+        # output stays well nested.
+        index = self.open_tags.index(name)
+        inner = self.open_tags[index + 1:]
+        del self.open_tags[index:]
+        self.open_tags.extend(inner)
+        closers = "".join(f"</{tag}>" for tag in reversed(inner))
+        return f"{closers}</{name}>" + "".join(f"<{tag}>" for tag in inner)
+
+    def _override(self, body: str) -> None:
+        for part in body.split("\\"):
+            if self.alignment is None and len(part) >= 3 and part.startswith("an") and part[2] in "123456789":
+                self.alignment = int(part[2])
