@@ -1,0 +1,165 @@
+"""The viewer's pages: the catalog at ``/`` and the player at ``/watch/{id}``, as HTML.
+
+Pages are Tornado templates (autoescaped) around the same video objects the
+JSON API serves; the page scripts then keep them live over the presence
+websocket. Errors on these routes are HTML pages a person can read, unlike the
+API's JSON errors. Static files are served with ``static_url()``'s content
+hash in the URL, so a versioned URL can be cached for good.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import zlib
+
+import tornado.web
+
+from handlers.catalog import CatalogHandler
+from media.store import StoreError
+
+STATIC_PATH = os.path.join(os.path.dirname(__file__), "static")
+TEMPLATE_PATH = os.path.join(os.path.dirname(__file__), "templates")
+# A versioned static URL names one exact content: browsers may keep it for a year unasked.
+IMMUTABLE = "public, max-age=31536000, immutable"
+
+ERROR_TEXT = {
+    404: ("Not found", "We couldn't find that page."),
+    500: ("Something went wrong", "Something went wrong on our side. Please try again in a moment."),
+    503: ("Temporarily unavailable", "The library can't be reached right now. Please try again in a moment."),
+}
+
+
+def clock(seconds: float | None) -> str | None:
+    """A running time as a player shows it: ``4:05``, ``1:02:03``; None when unknown."""
+    if seconds is None:
+        return None
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02}:{secs:02}" if hours else f"{minutes}:{secs:02}"
+
+
+def size_text(size: int) -> str:
+    """A byte count in the largest unit that keeps it at or above one: ``9.7 MB``."""
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            break
+        value /= 1024
+    return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+
+
+def viewers_text(count: int) -> str:
+    """What a card says about its audience; the page script writes the same words."""
+    return "No one watching" if count == 0 else f"{count} watching"
+
+
+def hue(video_id: str) -> int:
+    """One of eight placeholder colours, the same for a video every time."""
+    return zlib.crc32(video_id.encode()) % 8
+
+
+def initials(name: str) -> str:
+    """Up to two letters standing for ``name`` on a placeholder poster."""
+    words = [w for w in name.split() if w[:1].isalnum()]
+    return "".join(w[0] for w in words[:2]).upper() or "?"
+
+
+TEMPLATE_HELPERS = {f.__name__: f for f in (clock, size_text, viewers_text, hue, initials)}
+
+
+class StaticFiles(tornado.web.StaticFileHandler):
+    """Static assets: cached for a year when the URL carries ``?v=``, revalidated on every use otherwise."""
+
+    def set_extra_headers(self, path: str) -> None:
+        self.set_header("Cache-Control", IMMUTABLE if "v" in self.request.arguments else "no-cache")
+        self.set_header("X-Content-Type-Options", "nosniff")
+
+
+class PageError(tornado.web.HTTPError):
+    """An error page whose ``message`` is meant for the person looking at it."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(status)
+        self.message = message
+
+
+class PageHandler(CatalogHandler):
+    """An HTML page: a strict Content-Security-Policy, no caching without revalidation, HTML errors.
+
+    Each response gets a fresh nonce; only the page's import map carries it,
+    so no other inline script can run.
+    """
+
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        self.nonce = secrets.token_urlsafe(16)
+        self.set_header(
+            "Content-Security-Policy",
+            "default-src 'self'; "
+            f"script-src 'self' 'nonce-{self.nonce}'; "
+            # Posters may be any URL a video's metadata names.
+            "img-src 'self' data: http: https:; "
+            "media-src 'self' blob:; "
+            "connect-src 'self'; "
+            "object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+        )
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Referrer-Policy", "same-origin")
+        self.set_header("Cache-Control", "no-cache")
+
+    def get_template_namespace(self) -> dict:
+        namespace = super().get_template_namespace()
+        namespace.update(TEMPLATE_HELPERS, nonce=self.nonce, import_map=self.import_map())
+        return namespace
+
+    def import_map(self) -> dict:
+        """Maps each script's plain URL to its versioned one, so modules importing
+        each other (``./presence.js``) get the cacheable, cache-busted URL too."""
+        static = self.settings["static_path"]
+        scripts = sorted(name for name in os.listdir(static) if name.endswith(".js"))
+        prefix = self.settings.get("static_url_prefix", "/static/")
+        return {"imports": {prefix + name: self.static_url(name) for name in scripts}}
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, StoreError):
+            status_code = exc.status
+        title, message = ERROR_TEXT.get(status_code, (self._reason, "That request didn't work."))
+        if isinstance(exc, PageError):
+            message = exc.message
+        self.set_status(status_code)
+        self.set_header("Cache-Control", "no-store")
+        self.render("error.html", status=status_code, title=title, message=message)
+
+    def catalog(self) -> list[dict]:
+        """Every video object, sorted by name as ``GET /videos`` sorts them."""
+        videos = sorted(self.application.store.videos().values(), key=lambda v: (v.name.lower(), v.id))
+        return [self.video_json(v) for v in videos]
+
+
+class CatalogPage(PageHandler):
+    """``GET /``: the catalog as a grid of posters, with live viewer counts."""
+
+    def get(self) -> None:
+        self.render("catalog.html", videos=self.catalog())
+
+
+class WatchPage(PageHandler):
+    """``GET /watch/{id}``: the player, its captions, who is watching, and where the bytes come from.
+
+    An id not in the catalog, well-formed or not, is a 404 page.
+    """
+
+    def get(self, video_id: str) -> None:
+        videos = self.catalog()
+        video = next((v for v in videos if v["id"] == video_id), None)
+        if video is None:
+            raise PageError(404, "We couldn't find that video. It may have been removed from the library.")
+        default = next((t for t in video["captions"] if t["lang"] == "en"), None) or next(iter(video["captions"]), None)
+        self.render(
+            "watch.html",
+            video=video,
+            default_lang=default["lang"] if default else None,
+            more=[v for v in videos if v["id"] != video_id][:8],
+        )

@@ -1,0 +1,46 @@
+/**
+ * The peer-node panel: where this video's bytes came from (peers, this node's
+ * local store, the origin), as running totals polled from
+ * GET /videos/{id}/sources. An origin server has no such endpoint and answers
+ * 404, which hides the panel for good; other failures keep the last figures
+ * and try again.
+ */
+import { formatBytes } from "./format.js";
+
+const POLL_MS = 1000;
+const HIDDEN_TAB_POLL_MS = 5000;
+const KINDS = ["peers", "local", "origin"];
+
+export function followSources(videoId, panel) {
+  const url = `/videos/${encodeURIComponent(videoId)}/sources`;
+
+  async function poll() {
+    try {
+      const response = await fetch(url, { cache: "no-store" });
+      if (response.status === 404) {
+        panel.hidden = true;
+        return;
+      }
+      if (response.ok) render(panel, await response.json());
+    } catch {
+      // A network blip: the next poll will tell.
+    }
+    setTimeout(poll, document.hidden ? HIDDEN_TAB_POLL_MS : POLL_MS);
+  }
+
+  poll();
+}
+
+function render(panel, counts) {
+  const bytes = Object.fromEntries(KINDS.map((kind) => [kind, Math.max(0, Number(counts[kind]) || 0)]));
+  const total = KINDS.reduce((sum, kind) => sum + bytes[kind], 0);
+  for (const kind of KINDS) {
+    panel.querySelector(`[data-source="${kind}"]`).textContent = formatBytes(bytes[kind]);
+    panel.querySelector(`[data-bar="${kind}"]`).style.flexGrow = total ? bytes[kind] / total : 0;
+  }
+  panel.querySelector("[data-source-total]").textContent = formatBytes(total);
+  const share = total ? Math.round((100 * (bytes.peers + bytes.local)) / total) : 0;
+  panel.querySelector("[data-sources-headline]").textContent =
+    total ? `${share}% served without the origin` : "Nothing downloaded yet";
+  panel.hidden = false;
+}
