@@ -38,10 +38,17 @@ request = function()
 end
 """
 
+# StaticFileHandler hashes the whole file for its ETag and refuses files over
+# 64 MiB; the usual fix, a version from size and mtime, is what we measure.
 STATIC_SERVER = """
-import asyncio, sys, tornado.web
+import asyncio, os, sys, tornado.web
+class Files(tornado.web.StaticFileHandler):
+    @classmethod
+    def get_content_version(cls, abspath):
+        st = os.stat(abspath)
+        return f"{st.st_size:x}-{st.st_mtime_ns:x}"
 async def main():
-    app = tornado.web.Application([(r"/(.*)", tornado.web.StaticFileHandler, {"path": sys.argv[1]})])
+    app = tornado.web.Application([(r"/(.*)", Files, {"path": sys.argv[1]})])
     app.listen(int(sys.argv[2]), "127.0.0.1")
     await asyncio.Event().wait()
 asyncio.run(main())
@@ -129,6 +136,8 @@ def main() -> None:
             raise SystemExit(f"{tool} is not installed: run scripts/setup --test")
 
     work = tempfile.mkdtemp(prefix="binge-bench-")
+    # nginx's worker runs as an unprivileged user when started as root.
+    os.chmod(work, 0o755)
     procs: list[subprocess.Popen] = []
     try:
         library = os.path.join(work, "library")

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import os
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import AsyncIterator, BinaryIO
 
 import ujson
 
@@ -178,16 +178,20 @@ class FilesystemStore(Store):
     def _path(self, name: str) -> str:
         return os.path.join(self.folder, name)
 
-    async def read(self, video: VideoRecord, start: int, end: int, chunk_size: int) -> AsyncIterator[memoryview]:
+    def open_file(self, video: VideoRecord) -> BinaryIO:
         try:
             f = open(self._path(video.metadata["file"]), "rb", buffering=0)
         except FileNotFoundError:
             raise NotFound(f"video {video.id!r} is no longer in the library") from None
         except OSError as e:
             raise Unavailable(f"cannot open video {video.id!r}: {e.strerror}") from None
-        with f:
-            if os.fstat(f.fileno()).st_size < end:
-                raise Unavailable(f"video {video.id!r} changed on disk while being served")
+        if os.fstat(f.fileno()).st_size != video.size:
+            f.close()
+            raise Unavailable(f"video {video.id!r} changed on disk; try again in a moment")
+        return f
+
+    async def read(self, video: VideoRecord, start: int, end: int, chunk_size: int) -> AsyncIterator[memoryview]:
+        with self.open_file(video) as f:
             buffer = memoryview(bytearray(min(chunk_size, max(end - start, 1))))
             offset = start
             # Reads come from the page cache in well under a millisecond, cheaper

@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import re
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, BinaryIO, Callable
 
 VIDEO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 
@@ -135,6 +135,16 @@ class Store(abc.ABC):
         the iterator in ``contextlib.aclosing`` so an abandoned read releases
         its file or reader at once.
         """
+
+    def open_file(self, video: VideoRecord) -> BinaryIO | None:
+        """An open file holding the video's bytes at their own offsets, or None.
+
+        Where a store has one, the stream handler sends from it with
+        sendfile(2), so the bytes never pass through Python. Stores whose bytes
+        live elsewhere (Pravega, peers) return None and are read with
+        :meth:`read`.
+        """
+        return None
 
     @abc.abstractmethod
     async def caption_source(self, video: VideoRecord, lang: str) -> tuple[bytes, str]:
