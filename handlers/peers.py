@@ -1,0 +1,134 @@
+"""The peer protocol's endpoints (see :mod:`peers` for the whole protocol).
+
+On the origin: ``/videos/{id}/manifest`` and ``/videos/{id}/peers``. On a
+node, those two (the upstream's manifest; the node's own peers joined to its
+upstream's) and also ``/have``, ``/pieces/{n}`` and ``/sources``, which an
+origin answers with 404: it holds whole videos, and nodes read those from
+its ``/stream``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from handlers.base import ApiError, BaseHandler
+from media.ranges import Unsatisfiable, parse_range
+from media.store import StoreError, VideoRecord, check_video_id
+from peers.have import to_ranges
+from peers.node_store import PeerNodeStore
+from peers.ordering import closest_first
+
+log = logging.getLogger("binge.peers")
+
+
+class PeerHandler(BaseHandler):
+    def video(self, video_id: str) -> VideoRecord:
+        return self.application.store.get(check_video_id(video_id))
+
+    def node_store(self) -> PeerNodeStore:
+        store = self.application.store
+        if not isinstance(store, PeerNodeStore):
+            raise ApiError(404, "this server is an origin, not a peer node: read videos from /videos/{id}/stream")
+        return store
+
+
+class ManifestHandler(PeerHandler):
+    """``GET /videos/{id}/manifest``: computed here on the origin, the upstream's on a node."""
+
+    async def get(self, video_id: str) -> None:
+        video = self.video(video_id)
+        store = self.application.store
+        if isinstance(store, PeerNodeStore):
+            manifest = await store.manifest(video)
+        else:
+            manifest = await self.application.manifests.get(video)
+        self.set_header("Cache-Control", "no-cache")
+        self.write_json(manifest.to_json())
+
+
+class PeersHandler(PeerHandler):
+    """``GET /videos/{id}/peers``: ``[{"url", "address"}]``, the nodes watching the video, closest to the asker first.
+
+    A node adds its upstream's list to the nodes announced to itself; if the
+    upstream does not answer, its own are the answer.
+    """
+
+    async def get(self, video_id: str) -> None:
+        video = self.video(video_id)
+        peers = [
+            {"url": w["peer"], "address": w["ipaddress"]}
+            for w in self.application.presence.watchers(video.id)
+            if "peer" in w
+        ]
+        store = self.application.store
+        if isinstance(store, PeerNodeStore):
+            try:
+                peers += await store.upstream.peers(video.id)
+            except StoreError as e:
+                log.info("listing peers of %s without the upstream's: %s", video.id, e)
+        unique: dict[str, dict] = {}
+        for peer in peers:
+            unique.setdefault(peer["url"], {"url": peer["url"], "address": peer["address"]})
+        self.set_header("Cache-Control", "no-store")
+        self.write_json(closest_first(self.client_ip(), list(unique.values())))
+
+
+class HaveHandler(PeerHandler):
+    """``GET /videos/{id}/have``: ``{"root", "pieceSize", "pieces": [[first, end], ...]}``, the verified pieces held."""
+
+    def get(self, video_id: str) -> None:
+        store = self.node_store()
+        storage = store.pieces(self.video(video_id).id)
+        manifest = storage.manifest
+        self.set_header("Cache-Control", "no-store")
+        self.write_json({
+            "root": manifest.root if manifest else None,
+            "pieceSize": manifest.piece_size if manifest else None,
+            "pieces": to_ranges(storage.held()),
+        })
+
+
+class PieceHandler(PeerHandler):
+    """``GET|HEAD /videos/{id}/pieces/{n}?root=HEX``: one held piece, with Range inside it.
+
+    404 unless this node holds piece ``n`` of the manifest ``root`` names.
+    The bytes are sent as stored: the receiver verifies them.
+    """
+
+    async def get(self, video_id: str, index: str) -> None:
+        await self._serve(video_id, int(index), include_body=True)
+
+    async def head(self, video_id: str, index: str) -> None:
+        await self._serve(video_id, int(index), include_body=False)
+
+    async def _serve(self, video_id: str, n: int, include_body: bool) -> None:
+        store = self.node_store()
+        storage = store.pieces(self.video(video_id).id)
+        manifest = storage.manifest
+        data = await storage.raw(n) if manifest and manifest.root == self.get_query_argument("root", None) else None
+        if data is None:
+            raise ApiError(404, f"this node does not hold piece {n} of that manifest of {video_id!r}")
+        self.set_header("Accept-Ranges", "bytes")
+        self.set_header("Cache-Control", "no-store")
+        try:
+            selected = parse_range(self.request.headers.get("Range"), len(data))
+        except Unsatisfiable:
+            self.set_header("Content-Range", f"bytes */{len(data)}")
+            self.write_json({"error": f"range not satisfiable: piece {n} has {len(data)} bytes", "status": 416}, 416)
+            return
+        self.set_header("Content-Type", "application/octet-stream")
+        if selected is not None:
+            self.set_status(206)
+            self.set_header("Content-Range", selected.content_range(len(data)))
+            data = data[selected.start : selected.end]
+        self.set_header("Content-Length", len(data))
+        self.finish(data if include_body else None)
+
+
+class SourcesHandler(PeerHandler):
+    """``GET /videos/{id}/sources``: ``{"local", "peers", "origin"}``, bytes served here by where they came from."""
+
+    def get(self, video_id: str) -> None:
+        store = self.node_store()
+        self.set_header("Cache-Control", "no-store")
+        self.write_json(store.source_counts(self.video(video_id).id))

@@ -1,0 +1,121 @@
+"""The upstream's catalog, as the records a node's store serves.
+
+``GET /videos`` on the upstream gives the video objects; their validators
+(``ETag``, ``Last-Modified``), which the video objects do not carry, come
+from a ``HEAD`` of each video's stream, made again only when the video's
+object changes or the node saw the bytes change under it
+(:meth:`UpstreamCatalog.invalidate`). The catalog is read again every
+``interval`` seconds, and at once when asked (:meth:`refresh_soon`);
+listeners hear only of real changes. When the upstream cannot be reached
+the last catalog stays, and :attr:`last_error` says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable
+
+import ujson
+
+from media.catalog import video_path
+from media.store import CaptionTrack, InvalidInput, NotFound, StoreError, VideoRecord, check_video_id
+from peers.upstream import Upstream
+
+log = logging.getLogger("binge.peers")
+
+# Fields of a video object that change with its viewers, not with the video.
+LIVE_FIELDS = ("activeUsers", "viewers")
+
+
+class UpstreamCatalog:
+    def __init__(self, upstream: Upstream, interval: float, on_change: Callable[[], None]) -> None:
+        self.upstream = upstream
+        self.interval = interval
+        self.on_change = on_change
+        self.videos: dict[str, VideoRecord] = {}
+        self.last_error: str | None = "the catalog has not been read yet"
+        # id -> (the video object less its live fields, etag, last modified)
+        self._validators: dict[str, tuple[str, str, float]] = {}
+        self._refreshing: asyncio.Task | None = None
+        # What was wrong with the videos left out last time, so each is logged once.
+        self._problems: set[str] = set()
+
+    async def follow(self) -> None:
+        """Refreshes every ``interval`` seconds, for ever."""
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.refresh()
+            except Exception:
+                log.exception("reading the upstream's catalog failed")
+
+    def refresh_soon(self) -> None:
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.ensure_future(self.refresh())
+
+    def invalidate(self, video_id: str) -> None:
+        """The video's bytes changed upstream: its validators are read again, now."""
+        self._validators.pop(video_id, None)
+        self.refresh_soon()
+
+    async def refresh(self) -> None:
+        try:
+            objects = await self.upstream.catalog()
+            fresh = await asyncio.gather(*(self._record(obj) for obj in objects), return_exceptions=True)
+            for record in fresh:
+                # Malformed, or removed between the list and its HEAD: left out. Anything else fails the refresh.
+                if isinstance(record, BaseException) and not isinstance(record, (InvalidInput, NotFound)):
+                    raise record
+        except StoreError as e:
+            if self.last_error != str(e):
+                log.warning("cannot read the upstream's catalog: %s", e)
+            self.last_error = str(e)
+            return
+        self.last_error = None
+        problems = {str(r) for r in fresh if isinstance(r, StoreError)}
+        for problem in problems - self._problems:
+            log.warning("leaving a video of the upstream's catalog out: %s", problem)
+        self._problems = problems
+        videos = {r.id: r for r in fresh if isinstance(r, VideoRecord)}
+        self._validators = {k: v for k, v in self._validators.items() if k in videos}
+        if videos != self.videos:
+            self.videos = videos
+            self.on_change()
+
+    async def _record(self, obj: dict) -> VideoRecord:
+        fields = _fields(obj)
+        key = ujson.dumps({k: v for k, v in obj.items() if k not in LIVE_FIELDS}, sort_keys=True)
+        known = self._validators.get(fields["id"])
+        if known is None or known[0] != key:
+            known = (key, *await self.upstream.validators(fields["id"]))
+            self._validators[fields["id"]] = known
+        poster = self._poster(fields["id"], obj.get("poster"))
+        return VideoRecord(etag=known[1], last_modified=known[2], **fields, **poster)
+
+    def _poster(self, video_id: str, poster: object) -> dict:
+        if not isinstance(poster, str):
+            return {}
+        if poster == f"{video_path(video_id)}/poster":
+            return {"has_poster": True}
+        # A path of the upstream's own becomes a URL on it; a URL stays as it is.
+        return {"poster_url": f"{self.upstream.url}{poster}" if poster.startswith("/") else poster}
+
+
+def _fields(obj: dict) -> dict:
+    """The record fields a video object gives; InvalidInput if it is not one."""
+    try:
+        video_id = check_video_id(obj["id"])
+        name, size, mime_type = obj["name"], obj["size"], obj["mimeType"]
+        duration = obj.get("durationSeconds")
+        captions = tuple(CaptionTrack(c["lang"], c["label"], "vtt") for c in obj.get("captions") or ())
+    except (KeyError, TypeError) as e:
+        raise InvalidInput(f"{obj.get('id')!r}: missing or malformed {e}") from None
+    if not isinstance(name, str) or not isinstance(mime_type, str) or not isinstance(size, int) or size < 0:
+        raise InvalidInput(f"{video_id!r}: name, size or mimeType is malformed")
+    if not all(isinstance(t.lang, str) and isinstance(t.label, str) for t in captions):
+        raise InvalidInput(f"{video_id!r}: malformed captions")
+    if not isinstance(duration, (int, float)) or isinstance(duration, bool):
+        duration = None
+    return {"id": video_id, "name": name, "size": size, "mime_type": mime_type,
+            "duration_seconds": duration, "captions": captions}

@@ -1,0 +1,124 @@
+"""The origin's manifests: computed once per version of a video, kept on disk.
+
+A manifest is computed from the store's bytes (so it works alike on every
+backend) and saved as ``<storage.cache_dir>/manifests/<id>.json``; it is
+good for as long as the video's ETag and ``peer.piece_size`` stay the same,
+across restarts. Two requests for one manifest share one computation.
+
+The cache follows the catalog (:meth:`ManifestCache.follow_catalog`, called
+when the origin starts): ``PRECOMPUTE_DELAY`` seconds after the start, and
+after each change, the manifests missing are computed in the background one
+at a time, so that nodes asking later find them ready; a request for one not
+computed yet computes it at once, and one for a manifest being computed
+waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+import ujson
+
+from media.store import Store, StoreError, VideoRecord
+from peers.manifest import Manifest, compute_manifest
+
+log = logging.getLogger("binge.peers")
+
+# Seconds between a catalog change and hashing what it brought: an ingest
+# changes the catalog a few times in a row, and a starting server has
+# requests to answer first.
+PRECOMPUTE_DELAY = 2.0
+
+
+class ManifestCache:
+    def __init__(self, store: Store, cache_dir: str, piece_size: int) -> None:
+        self.store = store
+        self.folder = os.path.join(cache_dir, "manifests")
+        self.piece_size = piece_size
+        self._known: dict[str, Manifest] = {}
+        self._computing: dict[tuple[str, str], asyncio.Future] = {}
+        self._precompute_task: asyncio.Task | None = None
+        self._precompute_soon: asyncio.TimerHandle | None = None
+        self._catalog_dirty = False
+
+    def follow_catalog(self) -> None:
+        """Computes the catalog's missing manifests shortly, and again shortly after every catalog change."""
+        self.store.add_listener(self._catalog_changed)
+        self._catalog_changed()
+
+    async def close(self) -> None:
+        """Stops precomputing; a manifest half-hashed is simply computed again next time."""
+        self.store.remove_listener(self._catalog_changed)
+        if self._precompute_soon is not None:
+            self._precompute_soon.cancel()
+            self._precompute_soon = None
+        pending = [f for f in (self._precompute_task, *self._computing.values()) if f is not None and not f.done()]
+        for future in pending:
+            future.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    async def get(self, video: VideoRecord) -> Manifest:
+        known = self._known.get(video.id)
+        if known is not None and known.etag == video.etag and known.piece_size == self.piece_size:
+            return known
+        key = (video.id, video.etag)
+        if key not in self._computing:
+            self._computing[key] = asyncio.ensure_future(self._load_or_compute(video))
+            self._computing[key].add_done_callback(lambda _: self._computing.pop(key, None))
+        return await asyncio.shield(self._computing[key])
+
+    async def _load_or_compute(self, video: VideoRecord) -> Manifest:
+        loop = asyncio.get_running_loop()
+        manifest = await loop.run_in_executor(None, self._load, video)
+        if manifest is None:
+            manifest = await compute_manifest(self.store, video, self.piece_size)
+            await loop.run_in_executor(None, self._save, manifest)
+            log.info("manifest of %s: %d pieces of %d bytes", video.id, manifest.piece_count, self.piece_size)
+        self._known[video.id] = manifest
+        return manifest
+
+    def _path(self, video_id: str) -> str:
+        return os.path.join(self.folder, f"{video_id}.json")
+
+    def _load(self, video: VideoRecord) -> Manifest | None:
+        try:
+            with open(self._path(video.id), "rb") as f:
+                manifest = Manifest.from_json(ujson.loads(f.read()))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            log.warning("recomputing the manifest of %s: %s", video.id, e)
+            return None
+        fresh = manifest.etag == video.etag and manifest.piece_size == self.piece_size and manifest.size == video.size
+        return manifest if fresh else None
+
+    def _save(self, manifest: Manifest) -> None:
+        os.makedirs(self.folder, exist_ok=True)
+        path = self._path(manifest.video_id)
+        staged = f"{path}.{os.getpid()}.part"
+        with open(staged, "w", encoding="utf-8") as f:
+            f.write(ujson.dumps(manifest.to_json()))
+        os.replace(staged, path)
+
+    def _catalog_changed(self) -> None:
+        self._catalog_dirty = True
+        running = self._precompute_task is not None and not self._precompute_task.done()
+        if not running and self._precompute_soon is None:
+            self._precompute_soon = asyncio.get_running_loop().call_later(PRECOMPUTE_DELAY, self._precompute)
+
+    def _precompute(self) -> None:
+        self._precompute_soon = None
+        self._precompute_task = asyncio.ensure_future(self._precompute_all())
+
+    async def _precompute_all(self) -> None:
+        while self._catalog_dirty:
+            self._catalog_dirty = False
+            videos = self.store.videos()
+            self._known = {k: v for k, v in self._known.items() if k in videos}
+            for video in list(videos.values()):
+                try:
+                    await self.get(video)
+                except StoreError as e:
+                    log.warning("cannot compute the manifest of %s yet: %s", video.id, e)

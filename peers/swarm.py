@@ -1,0 +1,150 @@
+"""The other nodes that may hold pieces of one video, and what each of them holds.
+
+The list of peers comes from the upstream's ``/videos/{id}/peers``, closest
+first, less this node itself; each peer's ``/videos/{id}/have`` says which
+verified pieces it holds of the manifest this node uses (a peer with
+another manifest holds nothing usable). Both are read again only while the
+video is being fetched: the list every ``PEERS_EVERY`` seconds, the haves
+every ``HAVE_EVERY`` seconds, and the haves at once (:meth:`Swarm.refresh`)
+when a piece is wanted that no known peer holds.
+
+:meth:`Swarm.choose` picks, for a piece, among the peers known to hold it
+that are neither bad nor resting: the one with the fewest pieces in flight
+(so a few pieces come from different sources at once), then the one with
+the shortest measured round trip (in ``RTT_STEP`` steps, so that noise does
+not reorder peers), then the upstream's closest-first order. ``None`` means
+no peer can give it: the caller falls back to the upstream.
+
+A peer that failed a request (refused it, stalled, dropped the connection)
+rests for ``REST`` seconds. A peer that sent bytes failing verification is
+*bad*: it is never asked again, for any video, while this node runs (the
+set is shared by the node's swarms).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from urllib.parse import quote
+
+from media.store import StoreError
+from peers.have import from_ranges
+from peers.manifest import Manifest
+from peers.transfer import TransferError, get_json
+from peers.upstream import Upstream
+
+log = logging.getLogger("binge.peers")
+
+PEERS_EVERY = 3.0
+HAVE_EVERY = 1.0
+HAVE_TIMEOUT = 1.0
+REST = 10.0
+RTT_STEP = 0.005
+
+
+@dataclass(eq=False)
+class Peer:
+    url: str
+    # Position in the upstream's closest-first list.
+    order: int
+    have: set[int] = field(default_factory=set)
+    rtt: float | None = None
+    busy: int = 0
+    resting_until: float = 0.0
+
+
+class Swarm:
+    def __init__(self, upstream: Upstream, manifest: Manifest, own_url: str | None, bad: set[str]) -> None:
+        self.upstream = upstream
+        self.manifest = manifest
+        self.own_url = own_url
+        self.bad = bad
+        self.peers: dict[str, Peer] = {}
+        self._listed_at = float("-inf")
+        self._have_at = float("-inf")
+        self._refreshing: asyncio.Task | None = None
+
+    def piece_url(self, peer: Peer, n: int) -> str:
+        return f"{peer.url}/videos/{quote(self.manifest.video_id, safe='')}/pieces/{n}?root={self.manifest.root}"
+
+    def choose(self, n: int, avoid: set[str]) -> Peer | None:
+        now = time.monotonic()
+        holders = [
+            p for p in self.peers.values()
+            if n in p.have and p.url not in avoid and p.url not in self.bad and p.resting_until <= now
+        ]
+        return min(holders, key=lambda p: (p.busy, _rtt_steps(p), p.order), default=None)
+
+    def failed(self, peer: Peer, n: int, error: TransferError) -> None:
+        if error.status == 404:
+            peer.have.discard(n)  # it no longer holds it, or never did: its have was stale
+        else:
+            log.info("peer %s failed: %s; resting it %g s", peer.url, error, REST)
+            peer.resting_until = time.monotonic() + REST
+
+    def mark_bad(self, url: str) -> None:
+        if url not in self.bad:
+            log.warning("peer %s sent a piece of %s that fails verification; not asking it again",
+                        url, self.manifest.video_id)
+        self.bad.add(url)
+
+    def have_is_stale(self) -> bool:
+        return time.monotonic() - self._have_at >= HAVE_EVERY / 4
+
+    def keep_fresh(self) -> None:
+        """Starts reading the list and the haves again in the background if they are old."""
+        if time.monotonic() - self._have_at >= HAVE_EVERY:
+            self._start_refresh()
+
+    async def refresh(self, wait: float) -> None:
+        """Reads the haves again (and the list, if old), waiting for them at most ``wait`` seconds."""
+        task = self._start_refresh()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), wait)
+        except asyncio.TimeoutError:
+            pass
+
+    def _start_refresh(self) -> asyncio.Task:
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.ensure_future(self._refresh())
+        return self._refreshing
+
+    async def _refresh(self) -> None:
+        if time.monotonic() - self._listed_at >= PEERS_EVERY:
+            try:
+                listed = await self.upstream.peers(self.manifest.video_id)
+            except StoreError as e:
+                log.info("cannot list the peers of %s: %s", self.manifest.video_id, e)
+            else:
+                self._listed_at = time.monotonic()
+                urls = [u for u in dict.fromkeys(p["url"].rstrip("/") for p in listed) if u != self.own_url]
+                self.peers = {u: self.peers.get(u) or Peer(u, i) for i, u in enumerate(urls)}
+                for i, url in enumerate(urls):
+                    self.peers[url].order = i
+        now = time.monotonic()
+        usable = [p for p in self.peers.values() if p.url not in self.bad and p.resting_until <= now]
+        await asyncio.gather(*(self._read_have(p) for p in usable))
+        self._have_at = time.monotonic()
+
+    async def _read_have(self, peer: Peer) -> None:
+        url = f"{peer.url}/videos/{quote(self.manifest.video_id, safe='')}/have"
+        started = time.monotonic()
+        try:
+            have = await get_json(url, HAVE_TIMEOUT)
+            if not isinstance(have, dict):
+                raise ValueError("not a JSON object")
+            same = have.get("root") == self.manifest.root
+            peer.have = from_ranges(have.get("pieces"), self.manifest.piece_count) if same else set()
+        except (TransferError, ValueError) as e:
+            log.info("no have from peer %s: %s; resting it %g s", peer.url, e, REST)
+            peer.have = set()
+            peer.resting_until = time.monotonic() + REST
+            return
+        rtt = time.monotonic() - started
+        peer.rtt = rtt if peer.rtt is None else 0.8 * peer.rtt + 0.2 * rtt
+
+
+def _rtt_steps(peer: Peer) -> int:
+    return int(peer.rtt / RTT_STEP) if peer.rtt is not None else 0

@@ -1,0 +1,93 @@
+"""A node's upstream — the origin, or a node nearer to it — as the node's store calls it.
+
+Every call maps the upstream's failures onto store errors: its 404 is
+:class:`NotFound`, anything else (refused, timed out, a 5xx, a bad answer)
+is :class:`Unavailable`, so handlers answer them as they would a local
+store's.
+"""
+
+from __future__ import annotations
+
+import email.utils
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from tornado.httpclient import HTTPResponse
+
+from media.store import NotFound, StoreError, Unavailable
+from peers.manifest import Manifest
+from peers.transfer import TransferError, fetch, get_json
+
+JSON_TIMEOUT = 5.0
+# The origin computes a manifest it has not made yet while the request waits.
+MANIFEST_TIMEOUT = 120.0
+
+
+class Upstream:
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+
+    def video_url(self, video_id: str, tail: str = "") -> str:
+        return f"{self.url}/videos/{quote(video_id, safe='')}{tail}"
+
+    def presence_url(self) -> str:
+        parts = urlsplit(self.url)
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        return urlunsplit((scheme, parts.netloc, parts.path + "/presence", "", ""))
+
+    async def catalog(self) -> list[dict]:
+        videos = await self._json(f"{self.url}/videos", JSON_TIMEOUT)
+        if not isinstance(videos, list) or not all(isinstance(v, dict) for v in videos):
+            raise Unavailable(f"{self.url}/videos: not a list of videos")
+        return videos
+
+    async def validators(self, video_id: str) -> tuple[str, float]:
+        """The video's ``ETag`` and ``Last-Modified`` (as a timestamp), from a HEAD of its stream."""
+        response = await self._fetch(self.video_url(video_id, "/stream"), "HEAD", JSON_TIMEOUT)
+        etag = response.headers.get("ETag")
+        try:
+            last_modified = email.utils.parsedate_to_datetime(response.headers.get("Last-Modified", "")).timestamp()
+        except (TypeError, ValueError):
+            last_modified = None
+        if not etag or last_modified is None:
+            raise Unavailable(f"{self.url}: the stream of {video_id!r} has no ETag or Last-Modified")
+        return etag, last_modified
+
+    async def manifest(self, video_id: str) -> Manifest:
+        obj = await self._json(self.video_url(video_id, "/manifest"), MANIFEST_TIMEOUT)
+        try:
+            manifest = Manifest.from_json(obj)
+        except ValueError as e:
+            raise Unavailable(f"{self.url}: {e}") from None
+        if manifest.video_id != video_id:
+            raise Unavailable(f"{self.url}: asked for the manifest of {video_id!r}, got {manifest.video_id!r}")
+        return manifest
+
+    async def peers(self, video_id: str) -> list[dict]:
+        """The upstream's ``[{"url", "address"}]`` for the video; malformed entries are left out."""
+        peers = await self._json(self.video_url(video_id, "/peers"), JSON_TIMEOUT)
+        if not isinstance(peers, list):
+            raise Unavailable(f"{self.url}: the peers of {video_id!r} are not a list")
+        return [
+            p for p in peers
+            if isinstance(p, dict) and isinstance(p.get("url"), str) and isinstance(p.get("address"), str)
+        ]
+
+    async def body(self, video_id: str, tail: str) -> bytes:
+        """The body of ``GET /videos/{id}{tail}`` (a caption track, a poster)."""
+        return (await self._fetch(self.video_url(video_id, tail), "GET", JSON_TIMEOUT)).body
+
+    async def _json(self, url: str, timeout: float) -> object:
+        try:
+            return await get_json(url, timeout)
+        except TransferError as e:
+            raise _store_error(e) from None
+
+    async def _fetch(self, url: str, method: str, timeout: float) -> HTTPResponse:
+        try:
+            return await fetch(url, timeout, method)
+        except TransferError as e:
+            raise _store_error(e) from None
+
+
+def _store_error(e: TransferError) -> StoreError:
+    return NotFound(str(e)) if e.status == 404 else Unavailable(f"the upstream failed: {e}")

@@ -1,0 +1,273 @@
+"""Real Binge+ servers on loopback for the peer tests and the peer benchmark.
+
+:class:`Server` runs ``server.py`` in a process of its own with a config in
+a folder of its own: an origin when it has no upstream, a peer node when it
+has one. :class:`CountingProxy` is a TCP proxy that counts the bytes a
+server sends through it. :class:`Viewer` is a node's client as the Electron
+app would be: it watches a video over the presence websocket and reads it
+with sequential HTTP Range requests, like a ``<video>`` element, optionally
+paced to a playback rate, timing each request.
+
+All of it runs on the caller's asyncio loop; servers are stopped by pid.
+Each server logs to ``server.log`` in its folder, at ``$BINGE_LOG_LEVEL``
+(default INFO; DEBUG shows where every piece came from).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import ujson
+import yaml
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+from tornado.websocket import websocket_connect
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MiB = 1024 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_random_video(path: str, size: int, seed: int = 1) -> bytes:
+    """``size`` pseudo-random bytes at ``path`` (named .mp4: only the bytes matter); returns them."""
+    data = random.Random(seed).randbytes(size)
+    with open(path, "wb") as f:
+        f.write(data)
+    return data
+
+
+class Server:
+    """One ``server.py`` process; ``upstream`` makes it a peer node."""
+
+    def __init__(self, folder: str, name: str, upstream: str | None = None, piece_size: int = 64 * 1024,
+                 public_url: str | None = None) -> None:
+        self.name = name
+        self.folder = os.path.join(folder, name)
+        self.library = os.path.join(self.folder, "library")
+        os.makedirs(self.library, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.upstream = upstream
+        self.piece_size = piece_size
+        # The URL announced to others; may be changed before start (to a proxy's, say).
+        self.public_url = public_url or self.url
+        self.config_path = os.path.join(self.folder, "config.yaml")
+        self.log_path = os.path.join(self.folder, "server.log")
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> Server:
+        config = {
+            "server": {"host": "127.0.0.1", "port": self.port, "shutdown_grace": 1},
+            "storage": {"library": "library", "cache_dir": "cache", "scan_interval": 0.5},
+            "peer": {"piece_size": self.piece_size},
+        }
+        if self.upstream:
+            config["peer"].update(upstream=self.upstream, public_url=self.public_url)
+        with open(self.config_path, "w") as f:
+            yaml.safe_dump(config, f)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, os.path.join(ROOT, "server.py"), "--config", self.config_path,
+                 "--log-level", os.environ.get("BINGE_LOG_LEVEL", "INFO")],
+                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            )
+        return self
+
+    async def ready(self, timeout: float = 15.0, video: str | None = None) -> None:
+        """Waits until the server answers ``/videos`` (listing ``video``, if given)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                videos = await get_json(f"{self.url}/videos")
+                if video is None or any(v["id"] == video for v in videos):
+                    return
+            except (OSError, HTTPClientError):
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} not ready after {timeout} s:\n{self.log_tail()}")
+            await asyncio.sleep(0.05)
+
+    def pieces_file(self, video_id: str) -> str:
+        return os.path.join(self.library, ".pieces", f"{video_id}.data")
+
+    def kill(self) -> None:
+        """SIGKILL: the process dies at once, its connections with it."""
+        if self.process and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def freeze(self) -> None:
+        """SIGSTOP: the process stays, its connections stay open, and it sends nothing more."""
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            os.kill(self.process.pid, signal.SIGCONT)  # in case it was frozen
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log_tail(self, lines: int = 40) -> str:
+        with open(self.log_path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+
+
+async def start_all(*servers: Server, video: str | None = None) -> None:
+    for server in servers:
+        server.start()
+    await asyncio.gather(*(s.ready(video=video) for s in servers))
+
+
+async def get_json(url: str) -> object:
+    response = await AsyncHTTPClient().fetch(url, request_timeout=10)
+    return ujson.loads(response.body)
+
+
+async def wait_for(condition, timeout: float = 10.0, what: str = "condition") -> None:
+    """Polls the async ``condition()`` until it is true."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def peer_urls(server: Server, video_id: str) -> list[str]:
+    return [p["url"] for p in await get_json(f"{server.url}/videos/{video_id}/peers")]
+
+
+class CountingProxy:
+    """A TCP proxy on loopback to ``target_port`` that counts the bytes the target sends back."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.sent = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> CountingProxy:
+        self._server = await asyncio.start_server(self._connection, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def _connection(self, client_reader, client_writer) -> None:
+        try:
+            target_reader, target_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            client_writer.close()
+            return
+        self._writers |= {client_writer, target_writer}
+        await asyncio.gather(
+            self._pipe(client_reader, target_writer, count=False),
+            self._pipe(target_reader, client_writer, count=True),
+        )
+        self._writers -= {client_writer, target_writer}
+
+    async def _pipe(self, reader, writer, count: bool) -> None:
+        try:
+            while data := await reader.read(65536):
+                if count:
+                    self.sent += len(data)
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+        await asyncio.sleep(0.05)  # lets the pipes see their connections closed and end
+
+
+@dataclass
+class Playback:
+    body: bytes
+    # Seconds from each request to its first byte of body, and to its last.
+    first_byte: list[float] = field(default_factory=list)
+    durations: list[float] = field(default_factory=list)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.body).hexdigest()
+
+    @property
+    def longest_request(self) -> float:
+        return max(self.durations, default=0.0)
+
+
+class Viewer:
+    """A client of the server at ``url``: presence over a websocket, bytes over sequential Range requests."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.received = 0
+        self._ws = None
+
+    async def watch(self, video_id: str) -> None:
+        self._ws = await websocket_connect(self.url.replace("http://", "ws://") + "/presence")
+        await self._ws.read_message()  # welcome
+        await self._ws.write_message(ujson.dumps({"type": "watch", "video": video_id}))
+
+    async def play(self, video_id: str, range_size: int = MiB, rate: float | None = None,
+                   start: int = 0, end: int | None = None) -> Playback:
+        """Reads bytes ``start`` to ``end`` (default: the video's end), ``range_size`` bytes a request.
+
+        With ``rate``, requests are spaced so that at most ``rate`` bytes a second are read, as a player does.
+        """
+        if end is None:
+            end = (await get_json(f"{self.url}/videos/{video_id}"))["size"]
+        playback = Playback(b"")
+        body = bytearray()
+        began = time.monotonic()
+        for offset in range(start, end, range_size):
+            sent = time.monotonic()
+            first: list[float] = []
+
+            def chunk(data: bytes) -> None:
+                if not first:
+                    first.append(time.monotonic())
+                body.extend(data)
+                self.received += len(data)
+
+            response = await AsyncHTTPClient().fetch(
+                f"{self.url}/videos/{video_id}/stream",
+                headers={"Range": f"bytes={offset}-{min(offset + range_size, end) - 1}"},
+                streaming_callback=chunk, request_timeout=60,
+            )
+            assert response.code == 206, response.code
+            done = time.monotonic()
+            playback.first_byte.append(first[0] - sent)
+            playback.durations.append(done - sent)
+            if rate:
+                await asyncio.sleep(max(0.0, began + (offset + range_size - start) / rate - done))
+        playback.body = bytes(body)
+        return playback
+
+    def close(self) -> None:
+        if self._ws is not None:
+            self._ws.close()

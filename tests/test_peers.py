@@ -1,0 +1,507 @@
+"""Peer nodes: manifests, piece storage, multi-source fetching, and real nodes on loopback.
+
+The first tests exercise the parts on their own (fetching runs against small
+in-process servers that misbehave on purpose: cut a piece short, stall,
+send wrong bytes). The last ones start real ``server.py`` processes — an
+origin and peer nodes, each with its own library — and play videos through
+them as a client would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+
+import pytest
+import tornado.httpserver
+import tornado.web
+import ujson
+from tornado.httpclient import AsyncHTTPClient
+from tornado.testing import bind_unused_port
+
+from media.filesystem import FilesystemStore
+from media.sample import make_video, write_srt
+from peers import manifest_cache
+from peers.fetcher import PieceFetcher
+from peers.have import from_ranges, to_ranges
+from peers.manifest import Manifest, compute_manifest
+from peers.ordering import closest_first
+from peers.pieces import SparseFilePieces
+from peers.session import MAX_IN_FLIGHT, READ_AHEAD
+from peers.swarm import Swarm
+from peers.upstream import Upstream
+from settings import StorageSettings
+from tests.conftest import read_bytes
+from tests.nodes import (
+    MiB,
+    CountingProxy,
+    Server,
+    Viewer,
+    get_json,
+    peer_urls,
+    start_all,
+    wait_for,
+    write_random_video,
+)
+
+PIECE = 64 * 1024
+
+
+def manifest_of(data: bytes, piece_size: int = PIECE, video_id: str = "v", etag: str = '"v1"') -> Manifest:
+    digests = tuple(hashlib.sha256(data[i : i + piece_size]).digest() for i in range(0, len(data), piece_size))
+    return Manifest(video_id, len(data), piece_size, digests, etag)
+
+
+# --- the parts ---------------------------------------------------------------
+
+
+def test_manifest_from_store_matches_the_bytes(tmp_path):
+    data = os.urandom(5 * PIECE + 123)
+    (tmp_path / "v.mp4").write_bytes(data)
+
+    async def scenario():
+        store = FilesystemStore(StorageSettings(library=str(tmp_path)))
+        await store.rescan()
+        return await compute_manifest(store, store.get("v"), PIECE)
+
+    manifest = asyncio.run(scenario())
+    assert manifest == manifest_of(data, etag=manifest.etag)
+    assert manifest.piece_count == 6 and manifest.piece_range(5) == (5 * PIECE, len(data))
+    assert list(manifest.pieces_covering(PIECE - 1, PIECE + 1)) == [0, 1]
+    assert Manifest.from_json(ujson.loads(ujson.dumps(manifest.to_json()))) == manifest
+
+
+def test_origin_computes_manifests_ahead_and_keeps_them(tmp_path, monkeypatch):
+    monkeypatch.setattr(manifest_cache, "PRECOMPUTE_DELAY", 0.05)
+    library = tmp_path / "library"
+    library.mkdir()
+    (library / "one.mp4").write_bytes(os.urandom(3 * PIECE))
+    saved = tmp_path / "cache" / "manifests"
+
+    async def scenario():
+        store = FilesystemStore(StorageSettings(library=str(library), scan_interval=60))
+        await store.rescan()
+        cache = manifest_cache.ManifestCache(store, str(tmp_path / "cache"), PIECE)
+        cache.follow_catalog()
+        await asyncio.sleep(0.5)
+        first = sorted(os.listdir(saved))
+        (library / "two.mp4").write_bytes(os.urandom(PIECE + 1))
+        await store.rescan()  # what the scan every storage.scan_interval does
+        await asyncio.sleep(0.5)
+        written = os.stat(saved / "two.json").st_mtime_ns
+        restarted = manifest_cache.ManifestCache(store, str(tmp_path / "cache"), PIECE)
+        two = await restarted.get(store.get("two"))
+        return first, sorted(os.listdir(saved)), two, written == os.stat(saved / "two.json").st_mtime_ns
+
+    first, then, two, read_not_rewritten = asyncio.run(scenario())
+    assert first == ["one.json"] and then == ["one.json", "two.json"] and read_not_rewritten
+    assert two == manifest_of((library / "two.mp4").read_bytes(), video_id="two", etag=two.etag)
+
+
+@pytest.mark.parametrize("change", [
+    {"root": "0" * 64}, {"pieces": []}, {"pieceSize": 0}, {"size": -1}, {"pieces": ["zz"] * 6},
+])
+def test_manifest_that_does_not_add_up_is_refused(change):
+    obj = {**manifest_of(os.urandom(5 * PIECE + 1)).to_json(), **change}
+    with pytest.raises(ValueError):
+        Manifest.from_json(obj)
+
+
+def test_have_ranges_round_trip():
+    assert to_ranges({5, 0, 1, 2, 9}) == [[0, 3], [5, 6], [9, 10]]
+    assert from_ranges([[0, 3], [9, 10]], 10) == {0, 1, 2, 9}
+    for bad in ([[3, 3]], [[0, 11]], [[True, 2]], "0-3", [[0]]):
+        with pytest.raises(ValueError):
+            from_ranges(bad, 10)
+
+
+def test_closest_first():
+    peers = [{"url": u, "address": a} for u, a in [
+        ("far", "10.1.2.3"), ("lan", "192.168.1.20"), ("same", "192.168.1.10"), ("v6", "2001:db8::1"),
+        ("junk", "not an address"), ("lan6", "2001:db8:0:1::5"), ("mapped", "::ffff:192.168.1.99"),
+    ]]
+    in_order = ["same", "lan", "mapped", "far", "v6", "junk", "lan6"]
+    assert [p["url"] for p in closest_first("192.168.1.10", peers)] == in_order
+    assert [p["url"] for p in closest_first("2001:db8:0:1::9", peers)][:1] == ["lan6"]
+
+
+def test_sparse_pieces_survive_a_restart_and_catch_corruption(tmp_path):
+    data = os.urandom(4 * PIECE)
+    manifest = manifest_of(data)
+
+    async def scenario():
+        storage = SparseFilePieces(str(tmp_path), "v")
+        await storage.adopt(manifest)
+        await storage.put(1, data[PIECE : 2 * PIECE])
+        await storage.put(3, data[3 * PIECE :])
+        storage.close()
+        again = SparseFilePieces(str(tmp_path), "v")
+        assert again.manifest == manifest and again.held() == {1, 3}
+        assert await again.get(1) == data[PIECE : 2 * PIECE]
+        assert await again.get(2) is None
+        with open(tmp_path / "v.data", "r+b") as f:
+            f.seek(3 * PIECE + 10)
+            f.write(b"\0\1\2")
+        assert await again.raw(3) != data[3 * PIECE :]  # what a peer would be sent, unchecked
+        assert await again.get(3) is None  # what a client would be served: checked
+        assert again.held() == {1}
+        await again.adopt(manifest_of(os.urandom(PIECE)))  # the video changed: start over
+        assert again.held() == set()
+        again.close()
+
+    asyncio.run(scenario())
+    assert os.path.getsize(tmp_path / "v.data") == PIECE
+
+
+class _FakeVideo(tornado.web.RequestHandler):
+    """An upstream's /stream that records the Range and If-Match it is asked with."""
+
+    def initialize(self, data: bytes, asked: list) -> None:
+        self.data, self.asked = data, asked
+
+    def get(self) -> None:
+        self.asked.append((self.request.headers["Range"], self.request.headers.get("If-Match")))
+        first, last = self.request.headers["Range"].removeprefix("bytes=").split("-")
+        self.set_status(206)
+        self.set_header("Content-Range", f"bytes {first}-{last}/{len(self.data)}")
+        self.finish(self.data[int(first) : int(last) + 1])
+
+
+class _FakePeer(tornado.web.RequestHandler):
+    """A peer holding every piece that misbehaves as told: ``cut``, ``stall`` or ``corrupt``."""
+
+    def initialize(self, data: bytes, behaviour: str, asked: list) -> None:
+        self.data, self.behaviour, self.asked = data, behaviour, asked
+
+    async def get(self, n: str) -> None:
+        self.asked.append(self.request.headers["Range"])
+        piece = self.data[int(n) * PIECE : (int(n) + 1) * PIECE]
+        first, last = self.request.headers["Range"].removeprefix("bytes=").split("-")
+        body = piece[int(first) : int(last) + 1]
+        self.set_status(206)
+        self.set_header("Content-Range", f"bytes {first}-{last}/{len(piece)}")
+        self.set_header("Content-Length", len(body))
+        if self.behaviour == "corrupt":
+            self.finish(bytes(b ^ 1 for b in body))
+            return
+        self.write(body[: len(body) // 2])
+        await self.flush()
+        if self.behaviour == "stall":
+            await asyncio.sleep(30)
+        self.request.connection.close()
+
+
+class _Have(tornado.web.RequestHandler):
+    def initialize(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+
+    def get(self) -> None:
+        self.finish({"root": self.manifest.root, "pieceSize": PIECE, "pieces": [[0, self.manifest.piece_count]]})
+
+
+class _Peers(tornado.web.RequestHandler):
+    def initialize(self, peers: list) -> None:
+        self.peers = peers
+
+    def get(self) -> None:
+        self.finish(ujson.dumps(self.peers))
+
+
+async def _serve(app: tornado.web.Application) -> tuple[str, tornado.httpserver.HTTPServer]:
+    sock, port = bind_unused_port()
+    server = tornado.httpserver.HTTPServer(app)
+    server.add_sockets([sock])
+    return f"http://127.0.0.1:{port}", server
+
+
+async def _fetch_with_peer(behaviour: str, n: int):
+    """Fetches piece ``n`` with one misbehaving peer and an honest upstream."""
+    data = os.urandom(4 * PIECE)
+    manifest = manifest_of(data)
+    upstream_asked, peer_asked = [], []
+    peer_url, peer_server = await _serve(tornado.web.Application([
+        (r"/videos/v/have", _Have, {"manifest": manifest}),
+        (r"/videos/v/pieces/(\d+)", _FakePeer, {"data": data, "behaviour": behaviour, "asked": peer_asked}),
+    ]))
+    upstream_url, upstream_server = await _serve(tornado.web.Application([
+        (r"/videos/v/stream", _FakeVideo, {"data": data, "asked": upstream_asked}),
+        (r"/videos/v/peers", _Peers, {"peers": [{"url": peer_url, "address": "127.0.0.1"}]}),
+    ]))
+    upstream = Upstream(upstream_url)
+    swarm = Swarm(upstream, manifest, own_url=None, bad=set())
+    fetcher = PieceFetcher(manifest, swarm, upstream, peer_stall=0.3)
+    began = time.monotonic()
+    try:
+        piece, kind = await fetcher.fetch(n)
+    finally:
+        peer_server.stop()
+        upstream_server.stop()
+    return {"ok": piece == data[n * PIECE : (n + 1) * PIECE], "kind": kind, "seconds": time.monotonic() - began,
+            "upstream": upstream_asked, "peer": peer_asked, "bad": swarm.bad, "peer_url": peer_url}
+
+
+def test_a_piece_cut_short_is_resumed_elsewhere_at_the_exact_byte():
+    result = asyncio.run(_fetch_with_peer("cut", 2))
+    assert result["ok"] and result["kind"] == "origin"
+    assert result["peer"] == [f"bytes=0-{PIECE - 1}"]
+    # Half the piece came from the peer; the upstream is asked for the rest only, and for this version only.
+    assert result["upstream"] == [(f"bytes={2 * PIECE + PIECE // 2}-{3 * PIECE - 1}", '"v1"')]
+    assert not result["bad"]
+
+
+def test_a_stalled_peer_is_given_up_after_its_stall_timeout():
+    result = asyncio.run(_fetch_with_peer("stall", 1))
+    assert result["ok"]
+    assert result["upstream"] == [(f"bytes={PIECE + PIECE // 2}-{2 * PIECE - 1}", '"v1"')]
+    assert 0.3 <= result["seconds"] < 2
+
+
+def test_a_peer_sending_wrong_bytes_is_marked_bad_and_the_piece_refetched():
+    result = asyncio.run(_fetch_with_peer("corrupt", 0))
+    assert result["ok"] and result["kind"] == "origin"
+    assert result["bad"] == {result["peer_url"]}
+    assert result["upstream"] == [(f"bytes=0-{PIECE - 1}", '"v1"')]
+
+
+# --- the origin's endpoints, in process ---------------------------------------
+
+
+@pytest.mark.gen_test
+async def test_origin_serves_manifests_and_lists_peers_closest_first(http_client, base_url, app, library):
+    r = await http_client.fetch(f"{base_url}/videos/alpha/manifest")
+    manifest = Manifest.from_json(ujson.loads(r.body))
+    alpha = read_bytes(library / "alpha.mp4")
+    assert manifest == manifest_of(alpha, app.config.peer.piece_size, "alpha", app.store.get("alpha").etag)
+
+    presence = app.presence
+    for socket_id, ip, peer in [
+        ("far", "10.0.0.5", "http://10.0.0.5:1"), ("plain", "127.0.0.1", None),
+        ("lan", "127.0.0.9", "http://127.0.0.9:2"), ("same", "127.0.0.1", "http://127.0.0.1:3"),
+    ]:
+        presence.connect(socket_id, ip)
+        presence.watch(socket_id, "alpha", peer)
+    r = await http_client.fetch(f"{base_url}/videos/alpha/peers")
+    assert ujson.loads(r.body) == [
+        {"url": "http://127.0.0.1:3", "address": "127.0.0.1"},
+        {"url": "http://127.0.0.9:2", "address": "127.0.0.9"},
+        {"url": "http://10.0.0.5:1", "address": "10.0.0.5"},
+    ]
+    for path in ("have", "pieces/0", "sources"):
+        r = await http_client.fetch(f"{base_url}/videos/alpha/{path}", raise_error=False)
+        assert r.code == 404 and "origin" in ujson.loads(r.body)["error"]
+
+
+# --- real nodes on loopback --------------------------------------------------
+
+
+@pytest.fixture
+def servers(tmp_path):
+    """Makes servers in ``tmp_path``; stops them all afterwards, and shows their logs if the test failed."""
+    made: list[Server] = []
+
+    def make(name: str, **kwargs) -> Server:
+        server = Server(str(tmp_path), name, **kwargs)
+        made.append(server)
+        return server
+
+    yield make
+    for server in made:
+        server.stop()
+        print(f"--- {server.name} ({server.url}) ---\n{server.log_tail()}")
+
+
+def test_peer_killed_mid_transfer_costs_one_short_stall(servers):
+    origin = servers("origin")
+    data = write_random_video(os.path.join(origin.library, "big.mp4"), 4 * MiB)
+    b = servers("b", upstream=origin.url)
+    c = servers("c", upstream=origin.url)
+
+    async def scenario():
+        await start_all(origin, b, c, video="big")
+        seeder = Viewer(b.url)
+        await seeder.watch("big")
+        assert (await seeder.play("big")).body == data
+        await wait_for(lambda: _listed(origin, "big", b.url), what="b listed at the origin")
+
+        viewer = Viewer(c.url)
+        await viewer.watch("big")
+        playing = asyncio.ensure_future(viewer.play("big", range_size=256 * 1024, rate=4 * MiB))
+        await wait_for(lambda: _reached(viewer, 1.5 * MiB), what="c halfway")
+        b.kill()
+        playback = await playing
+        sources = await get_json(f"{c.url}/videos/big/sources")
+        viewer.close()
+        seeder.close()
+        return playback, sources
+
+    playback, sources = asyncio.run(scenario())
+    assert playback.sha256 == hashlib.sha256(data).hexdigest()
+    assert playback.longest_request < 1.0, playback.durations
+    assert sources["peers"] >= MiB and sources["origin"] >= MiB and sum(sources.values()) == len(data), sources
+
+
+def test_a_node_with_a_corrupted_copy_is_caught_and_avoided(servers):
+    origin = servers("origin")
+    data = write_random_video(os.path.join(origin.library, "big.mp4"), 4 * MiB)
+    b = servers("b", upstream=origin.url)
+    c = servers("c", upstream=origin.url)
+    bad_piece = 3
+
+    async def scenario():
+        # Others reach B through a proxy, which counts what C asks of it.
+        b_proxy = await CountingProxy(b.port).start()
+        b.public_url = b_proxy.url
+        await start_all(origin, b, c, video="big")
+        seeder = Viewer(b.url)
+        await seeder.watch("big")
+        await seeder.play("big")
+        await wait_for(lambda: _listed(origin, "big", b_proxy.url), what="b listed at the origin")
+        with open(b.pieces_file("big"), "r+b") as f:
+            f.seek(bad_piece * PIECE + 1000)
+            f.write(b"corrupted on disk")
+
+        viewer = Viewer(c.url)
+        await viewer.watch("big")
+        playback = await viewer.play("big")
+        sources = await get_json(f"{c.url}/videos/big/sources")
+        viewer.close()
+        seeder.close()
+        await b_proxy.close()
+        return playback, sources, b_proxy.sent
+
+    playback, sources, sent_by_b = asyncio.run(scenario())
+    assert playback.sha256 == hashlib.sha256(data).hexdigest()
+    assert "fails verification" in c.log_tail(200)
+    # B sent the pieces up to the bad one and at most a read-ahead window beside it, then nothing more.
+    most = (bad_piece + 1 + READ_AHEAD + MAX_IN_FLIGHT) * PIECE
+    assert sent_by_b < most < len(data) / 3, sent_by_b
+    assert sources["origin"] >= len(data) - most, sources
+
+
+def test_chain_origin_a_b_with_a_real_video(servers):
+    origin = servers("origin")
+    make_video(os.path.join(origin.library, "clip.mp4"), seconds=3.0, container="mp4")
+    write_srt(os.path.join(origin.library, "clip.en.srt"), [(0.0, 1.0, "Hello"), (1.0, 2.5, "Chained")])
+    with open(os.path.join(origin.library, "clip.json"), "w") as f:
+        ujson.dump({"name": "Chained Clip"}, f)
+    data = read_bytes(os.path.join(origin.library, "clip.mp4"))
+    a = servers("a", upstream=origin.url, piece_size=1024)
+    b = servers("b", upstream=a.url)
+
+    async def scenario():
+        origin.start()
+        await origin.ready(video="clip")
+        await start_all(a, b, video="clip")
+        viewer = Viewer(b.url)
+        await viewer.watch("clip")
+        playback = await viewer.play("clip", range_size=32 * 1024)
+        await wait_for(lambda: _listed(a, "clip", b.url), what="b listed at a")
+        await wait_for(lambda: _listed(origin, "clip", a.url), what="a listed at the origin")
+        facts = {
+            "catalogs": [await get_json(f"{s.url}/videos/clip") for s in (origin, b)],
+            "manifests": [await get_json(f"{s.url}/videos/clip/manifest") for s in (origin, a, b)],
+            "captions": [await _body(f"{s.url}/videos/clip/captions/en.vtt") for s in (origin, b)],
+            "heads": [await _head(f"{s.url}/videos/clip/stream") for s in (origin, b)],
+            "b sources": await get_json(f"{b.url}/videos/clip/sources"),
+        }
+        viewer.close()
+        return playback, facts
+
+    playback, facts = asyncio.run(scenario())
+    assert playback.body == data
+    assert playback.first_byte[0] < 1.0
+    at_origin, at_b = facts["catalogs"]
+    assert at_b["name"] == "Chained Clip" and at_b["size"] == at_origin["size"] == len(data)
+    assert at_b["durationSeconds"] == at_origin["durationSeconds"] and at_b["captions"] == at_origin["captions"]
+    assert facts["manifests"][0] == facts["manifests"][1] == facts["manifests"][2]
+    assert facts["manifests"][0]["pieceSize"] == 64 * 1024  # the origin's, not a's own setting
+    assert facts["captions"][0] == facts["captions"][1] and b"Chained" in facts["captions"][1]
+    assert facts["heads"][0] == facts["heads"][1]  # the origin's ETag and Last-Modified
+    assert facts["b sources"]["origin"] == len(data)  # for b, "origin" is its upstream, a
+
+
+def test_a_node_serves_what_it_holds_to_peers_and_without_its_upstream(servers):
+    origin = servers("origin")
+    data = write_random_video(os.path.join(origin.library, "big.mp4"), MiB + 1000)
+    node = servers("node", upstream=origin.url)
+
+    async def scenario():
+        await start_all(origin, node, video="big")
+        viewer = Viewer(node.url)
+        await viewer.play("big", range_size=100_000, start=200_000, end=300_000)
+        partly = await get_json(f"{node.url}/videos/big/have")
+        await viewer.play("big")
+        whole = await get_json(f"{node.url}/videos/big/have")
+        root = whole["root"]
+        piece = AsyncHTTPClient().fetch
+        ranged = await piece(f"{node.url}/videos/big/pieces/16?root={root}", headers={"Range": "bytes=10-"})
+        wrong_root = await piece(f"{node.url}/videos/big/pieces/1?root={'0' * 64}", raise_error=False)
+        missing = await piece(f"{node.url}/videos/big/pieces/17?root={root}", raise_error=False)
+        origin.kill()
+        again = await viewer.play("big")
+        sources = await get_json(f"{node.url}/videos/big/sources")
+        return partly, whole, ranged, wrong_root, missing, again, sources
+
+    partly, whole, ranged, wrong_root, missing, again, sources = asyncio.run(scenario())
+    # Pieces 3 and 4 hold bytes 200000-299999; pieces up to 8 ahead of the reader were fetched too.
+    assert partly["pieces"][0][0] == 3 and partly["pieces"][0][1] > 4 and partly["pieceSize"] == PIECE
+    assert whole["pieces"] == [[0, 17]]
+    assert ranged.code == 206 and ranged.body == data[16 * PIECE + 10 :]
+    assert ranged.headers["Content-Range"] == f"bytes 10-{len(data) - 16 * PIECE - 1}/{len(data) - 16 * PIECE}"
+    assert wrong_root.code == 404 and missing.code == 404
+    assert again.body == data
+    # Fetched pieces count toward the origin until served to their end once: piece 3 was, by the first
+    # read, so the second play served it as local; the third play was local throughout.
+    assert sources == {"local": PIECE + len(data), "peers": 0, "origin": 100_000 + len(data) - PIECE}
+
+
+def test_four_nodes_take_load_off_the_origin(servers):
+    origin = servers("origin")
+    data = write_random_video(os.path.join(origin.library, "big.mp4"), 4 * MiB)
+
+    async def scenario():
+        origin.start()
+        await origin.ready(video="big")
+        proxy = await CountingProxy(origin.port).start()
+        nodes = [servers(f"n{i}", upstream=proxy.url) for i in range(4)]
+        await start_all(*nodes, video="big")
+        counted_from = proxy.sent
+
+        async def watch(i: int, node: Server):
+            await asyncio.sleep(1.0 * i)
+            viewer = Viewer(node.url)
+            await viewer.watch("big")
+            playback = await viewer.play("big", range_size=256 * 1024, rate=2 * MiB)
+            return viewer, playback
+
+        results = await asyncio.gather(*(watch(i, n) for i, n in enumerate(nodes)))
+        for viewer, _ in results:
+            viewer.close()
+        await proxy.close()
+        return [p for _, p in results], proxy.sent - counted_from
+
+    playbacks, origin_sent = asyncio.run(scenario())
+    digest = hashlib.sha256(data).hexdigest()
+    assert all(p.sha256 == digest for p in playbacks)
+    assert all(p.first_byte[0] < 1.0 for p in playbacks), [p.first_byte[0] for p in playbacks]
+    print(f"origin sent {origin_sent / len(data):.2f}x the video for 4 viewers")
+    assert origin_sent <= 1.5 * len(data), origin_sent / len(data)
+
+
+async def _listed(server: Server, video_id: str, url: str) -> bool:
+    return url in await peer_urls(server, video_id)
+
+
+async def _reached(viewer: Viewer, n: float) -> bool:
+    return viewer.received >= n
+
+
+async def _body(url: str) -> bytes:
+    return (await AsyncHTTPClient().fetch(url)).body
+
+
+async def _head(url: str) -> tuple[str, str]:
+    r = await AsyncHTTPClient().fetch(url, method="HEAD")
+    return r.headers["ETag"], r.headers["Last-Modified"]
