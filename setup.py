@@ -6,7 +6,7 @@ setup(
     description="Binge+: a peer-assisted video streaming server on Tornado and Pravega",
     python_requires=">=3.11,<3.12",
     py_modules=["server", "settings"],
-    packages=find_packages(include=["handlers", "media", "captions", "presence", "peers"]),
+    packages=find_packages(include=["handlers", "media", "captions", "presence", "peers", "ops"]),
     package_data={"handlers": ["templates/*.html", "static/*"]},
     install_requires=[
         "tornado>=6.4",
