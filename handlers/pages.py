@@ -75,6 +75,13 @@ class StaticFiles(tornado.web.StaticFileHandler):
         self.set_header("Cache-Control", IMMUTABLE if "v" in self.request.arguments else "no-cache")
         self.set_header("X-Content-Type-Options", "nosniff")
 
+    def validate_absolute_path(self, root: str, absolute_path: str) -> str | None:
+        # A NUL (``/static/x%00``) makes os.path.realpath raise ValueError,
+        # which Tornado would answer with a 500: no file has one in its name.
+        if "\0" in absolute_path:
+            raise tornado.web.HTTPError(404)
+        return super().validate_absolute_path(root, absolute_path)
+
 
 class PageError(tornado.web.HTTPError):
     """An error page whose ``message`` is meant for the person looking at it."""

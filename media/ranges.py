@@ -9,7 +9,10 @@ servers or stores, so it is tested exhaustively on its own.
 from __future__ import annotations
 
 import email.utils
+import re
+import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Mapping
 
 # A Range header longer than this is not a range a player would send.
@@ -80,12 +83,43 @@ def http_date(timestamp: float) -> str:
     return email.utils.formatdate(timestamp, usegmt=True)
 
 
+_MONTH = r"(?P<month>Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+_TIME = r"(?P<hour>[0-9]{2}):(?P<minute>[0-9]{2}):(?P<second>[0-9]{2})"
+_HTTP_DATES = (
+    # IMF-fixdate, rfc850-date and asctime-date (RFC 9110 §5.6.7), case-sensitive.
+    re.compile(rf"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), (?P<day>[0-9]{{2}}) {_MONTH} (?P<year>[0-9]{{4}}) {_TIME} GMT"),
+    re.compile(
+        rf"(?:Mon|Tues|Wednes|Thurs|Fri|Satur|Sun)day, (?P<day>[0-9]{{2}})-{_MONTH}-(?P<year>[0-9]{{2}}) {_TIME} GMT"
+    ),
+    re.compile(rf"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) {_MONTH} (?P<day>[0-9]{{2}}| [0-9]) {_TIME} (?P<year>[0-9]{{4}})"),
+)
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
 def _parse_http_date(value: str) -> float | None:
-    try:
-        parsed = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    """The time an HTTP-date names, or None when ``value`` is not one.
+
+    Strict on purpose: RFC 9110 has a recipient ignore an If-Modified-Since,
+    If-Unmodified-Since or If-Range date that is not a valid HTTP-date, and
+    accept all three of its forms. (email.utils, used before, refused asctime
+    dates, took numeric zones and read the year 0001 as 2001.)
+    """
+    match = next(filter(None, (form.fullmatch(value.strip()) for form in _HTTP_DATES)), None)
+    if match is None:
         return None
-    return parsed.timestamp() if parsed.tzinfo else None
+    year = int(match["year"])
+    if len(match["year"]) == 2:
+        # rfc850-date: a year that looks over 50 years ahead is the last such year past.
+        this_year = time.gmtime().tm_year
+        year += this_year - this_year % 100
+        if year > this_year + 50:
+            year -= 100
+    fields = (year, _MONTHS.index(match["month"]) + 1, int(match["day"]), int(match["hour"]), int(match["minute"]),
+              int(match["second"]))
+    try:
+        return datetime(*fields, tzinfo=timezone.utc).timestamp()
+    except ValueError:  # 31 Feb, 24:00:00, year 0
+        return None
 
 
 def _etag_list(header: str) -> list[str]:
