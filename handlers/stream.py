@@ -15,6 +15,10 @@ from media.store import StoreError, VideoRecord, check_video_id
 
 log = logging.getLogger("binge.stream")
 
+# Bytes handed to one sendfile(2) call: the unit a client must take within
+# server.stall_timeout, big enough that the per-call cost does not show.
+SENDFILE_SEGMENT = 4 * 1024 * 1024
+
 
 class StreamHandler(BaseHandler):
     """``GET|HEAD /videos/{id}/stream`` (and the old ``/videos/video/{id}``).
@@ -30,7 +34,9 @@ class StreamHandler(BaseHandler):
     sendfile(2). Otherwise it goes out in chunks of at most
     ``storage.chunk_size`` bytes, each written straight from the store's
     buffer and awaited before the next is read, so a slow client holds one
-    chunk of memory, and one that leaves releases its reader at once.
+    chunk of memory, and one that leaves releases its reader at once. Either
+    way a client that stops reading is disconnected after
+    ``server.stall_timeout``.
     """
 
     async def get(self, video_id: str) -> None:
@@ -58,7 +64,10 @@ class StreamHandler(BaseHandler):
             return
         self._write_headers(video, plan)
         if include_body and plan.byte_range.length:
-            await self._write_body(video, plan)
+            # One slot per body in flight, refused (429) past limits.streams_per_ip.
+            with self.application.streams.hold(self.client_ip(), self.request.connection.close):
+                self.body_bytes = 0
+                await self._write_body(video, plan)
         else:
             self.finish()
 
@@ -82,15 +91,45 @@ class StreamHandler(BaseHandler):
             await self._send_chunks(video, plan.byte_range)
 
     async def _send_file(self, file: BinaryIO, byte_range: ByteRange) -> None:
-        """Sends the range with sendfile(2): the kernel moves the bytes, Python never holds them."""
+        """Sends the range with sendfile(2): the kernel moves the bytes, Python never holds them.
+
+        The range goes in segments of ``SENDFILE_SEGMENT`` bytes; a client
+        that does not take one within ``server.stall_timeout`` is disconnected.
+        """
         connection = self.request.connection
+        loop = asyncio.get_running_loop()
+        sent = 0
         try:
             await self.flush()
-            sent = await asyncio.get_running_loop().sock_sendfile(
-                connection.stream.socket, file, byte_range.start, byte_range.length, fallback=False
-            )
-        except (StreamClosedError, OSError):
-            connection.close()  # the client went away, or the file did
+            if connection.stream.closed():
+                return  # the client hung up meanwhile
+            # asyncio watches the socket while sendfile waits, through a
+            # duplicate: Tornado closes its own the moment the client hangs up,
+            # and asyncio left watching a closed fd number (which the next
+            # connection may reuse) breaks that connection's registration.
+            with connection.stream.socket.dup() as out:
+                while sent < byte_range.length:
+                    count = min(SENDFILE_SEGMENT, byte_range.length - sent)
+                    async with asyncio.timeout(self.application.config.server.stall_timeout):
+                        done = await loop.sock_sendfile(out, file, byte_range.start + sent, count, fallback=False)
+                    sent += done
+                    self._sent(done)
+                    if done < count:
+                        # The file shrank. The status line is gone: cut the connection
+                        # so the client sees a short body, as _send_chunks does on a
+                        # store error (finish() would raise, logged as a crash).
+                        log.warning("aborting %s: the file shrank after %d bytes", self.request.uri, sent)
+                        connection.close()
+                        return
+        except TimeoutError:
+            log.info("dropping %s: it stopped reading %s", self.request.remote_ip, self.request.uri)
+            connection.close()
+            return
+        except (StreamClosedError, OSError, asyncio.SendfileNotAvailableError):
+            # The client went away, or the file did. A sendfile that fails
+            # before its first byte (the client gone right after asking)
+            # comes as SendfileNotAvailableError, not OSError.
+            connection.close()
             return
         # Tornado checks the body against Content-Length by counting what
         # passes through HTTP1Connection.write, which sendfile bypasses.
@@ -112,9 +151,9 @@ class StreamHandler(BaseHandler):
                 await self.flush()
                 # Chunks go to the connection directly: RequestHandler.write
                 # would copy each into a buffer of its own first.
-                await connection.write(first)
+                await self._write_chunk(first)
                 async for chunk in chunks:
-                    await connection.write(chunk)
+                    await self._write_chunk(chunk)
             except StreamClosedError:
                 return  # the client went away; aclosing releases the reader
             except StoreError as e:
@@ -124,3 +163,21 @@ class StreamHandler(BaseHandler):
                 connection.close()
                 return
         self.finish()
+
+    async def _write_chunk(self, chunk: memoryview) -> None:
+        """Writes one chunk of the body; a client that does not take it within
+        ``server.stall_timeout`` is disconnected, and this raises StreamClosedError."""
+        connection = self.request.connection
+        try:
+            async with asyncio.timeout(self.application.config.server.stall_timeout):
+                await connection.write(chunk)
+        except TimeoutError:
+            log.info("dropping %s: it stopped reading %s", self.request.remote_ip, self.request.uri)
+            connection.close()
+            raise StreamClosedError() from None
+        self._sent(len(chunk))
+
+    def _sent(self, size: int) -> None:
+        """Counts body bytes handed to the socket, for the access line and the metrics."""
+        self.body_bytes += size
+        self.application.metrics.streamed.inc(size)
