@@ -19,7 +19,7 @@ class HealthHandler(BaseHandler):
                 "status": "ok" if ok else "degraded",
                 "store": store,
                 "uptimeSeconds": round(time.monotonic() - self.application.started, 1),
-                "websocketClients": self.application.presence.socket_count(),
+                "websocketClients": len(self.application.presence.local_sockets()),
             },
             200 if ok else 503,
         )

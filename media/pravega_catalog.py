@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import struct
 from dataclasses import dataclass
 
 import ujson
@@ -39,10 +38,6 @@ log = logging.getLogger("binge.store")
 CATALOG_STREAM = "catalog"
 RECORD_VERSION = 1
 _VIDEO_STREAM_PREFIX = "v-"
-
-# Pravega frames each event in a segment as a type code (0) and a length.
-_EVENT_HEADER = struct.Struct(">ii")
-_EVENT_TYPE = 0
 
 
 @dataclass(frozen=True)
@@ -119,26 +114,6 @@ def decode_record(data: bytes) -> StoredVideo | None:
     except (ValueError, KeyError, TypeError) as e:
         log.warning("skipping a malformed catalog record (%s): %.200r", e, data)
         return None
-
-
-def split_events(data: bytes | bytearray | memoryview) -> tuple[list[tuple[int, bytes]], int]:
-    """The complete events at the start of raw segment ``data``, each with the offset just past it.
-
-    Returns the events and how many bytes they took; bytes after that are
-    an event whose end has not been read yet.
-    """
-    events = []
-    pos = 0
-    while len(data) - pos >= _EVENT_HEADER.size:
-        kind, length = _EVENT_HEADER.unpack_from(data, pos)
-        if kind != _EVENT_TYPE or length < 0:
-            raise ValueError(f"not an event at offset {pos} of the catalog data (type {kind}, length {length})")
-        end = pos + _EVENT_HEADER.size + length
-        if end > len(data):
-            break
-        events.append((end, bytes(data[pos + _EVENT_HEADER.size : end])))
-        pos = end
-    return events, pos
 
 
 def _extent_json(extent: Extent) -> dict:

@@ -1,8 +1,9 @@
-"""Follows the catalog through the catalog worker process (see :mod:`media.pravega_worker`).
+"""Follows an event stream through a follow worker process (see :mod:`media.pravega_worker`).
 
-The worker replays the catalog from its head, then sends each record as it
-is written; this side keeps the resulting catalog, tells the store when it
-changed, and judges from the worker's messages whether Pravega answers.
+The worker replays the stream from its head, then sends each event as it is
+written, and appends what it is given. :class:`StreamFollower` keeps such a
+worker running and judges from its messages whether Pravega answers;
+:class:`CatalogFollower` builds the catalog from the ``catalog`` stream.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Callable
 import ujson
 
 from media import pravega_protocol as proto
-from media.pravega_catalog import StoredVideo, decode_record
+from media.pravega_catalog import CATALOG_STREAM, StoredVideo, decode_record
 from media.pravega_pool import Worker
 from media.store import Unavailable
 from settings import PravegaSettings
@@ -23,25 +24,22 @@ from settings import PravegaSettings
 log = logging.getLogger("binge.store")
 
 
-class CatalogFollower:
-    """Runs the catalog worker and keeps :attr:`videos` as its messages say.
+class StreamFollower:
+    """Runs a follow worker on the event stream ``stream`` and restarts it when it dies or hangs.
 
-    A replay (after a start or a failure) is gathered aside and replaces the
-    catalog only once it reaches the tail, so videos do not blink out while
-    it runs. ``on_change`` is called after each batch that changed something.
+    Subclasses get the worker's messages as :meth:`on_reset` (a replay from
+    the head follows), :meth:`on_record` and :meth:`on_caught_up`; they are
+    called on the event loop. ``keep`` has the worker truncate the stream
+    (see :class:`media.pravega_worker.Truncator`).
     """
 
-    def __init__(self, settings: PravegaSettings, on_change: Callable[[dict[str, StoredVideo]], None]) -> None:
+    def __init__(self, settings: PravegaSettings, stream: str, poll: float, keep: float | None = None) -> None:
         self.settings = settings
-        self.on_change = on_change
-        # Often enough that a new video shows within a second, rarely enough to cost nothing.
-        self.poll = min(0.5, settings.timeout / 4)
-        self.videos: dict[str, StoredVideo] = {}
+        self.stream = stream
+        self.poll = poll
+        self.keep = keep
         self.position = 0
-        self.caught_up = asyncio.Event()
         self.failure: str | None = None
-        self._staging: dict[str, StoredVideo] | None = None
-        self._changed = False
         self._last_success: float | None = None
         self._last_message = time.monotonic()
         self._spawned_at = float("-inf")
@@ -52,12 +50,23 @@ class CatalogFollower:
         self._spawn()
         self._watchdog = asyncio.create_task(self._watch())
 
-    async def close(self) -> None:
+    async def close(self, grace: float = 0) -> None:
+        """Stops the worker, after up to ``grace`` seconds to append what it was given."""
         if self._watchdog:
             self._watchdog.cancel()
             await asyncio.gather(self._watchdog, return_exceptions=True)
         if self._worker:
-            self._worker.kill("the store closed")
+            await self._worker.finish(grace, "closed")
+
+    def append(self, event: bytes) -> bool:
+        """Has the worker append ``event`` once caught up; False when no worker is there to take it."""
+        if self._worker is None or self._worker.dead:
+            return False
+        try:
+            self._worker.send(proto.APPEND, 0, event)
+        except Unavailable:
+            return False
+        return True
 
     def healthy(self) -> bool:
         return self.failure is None and self.seconds_since_contact() <= self.settings.timeout
@@ -69,13 +78,16 @@ class CatalogFollower:
         self._spawned_at = time.monotonic()
         self._last_message = self._spawned_at
         try:
-            self._worker = Worker("catalog", self.settings, self._on_frame, self._on_exit, poll=self.poll)
+            options = ["--stream", self.stream, "--poll", str(self.poll)]
+            if self.keep:
+                options += ["--keep", str(self.keep)]
+            self._worker = Worker("follow", self.settings, self._on_frame, self._on_exit, options=options)
         except Unavailable as e:
             self.failure = str(e)
             log.error("%s", e)
 
     async def _watch(self) -> None:
-        """Restarts a catalog worker that died or has been silent for a while.
+        """Restarts a worker that died or has been silent for a while.
 
         A silent worker is stuck in a client call, which can block for minutes
         when Pravega is unreachable; a fresh one retries at once. Restarts are
@@ -93,36 +105,71 @@ class CatalogFollower:
                 self._spawn()
 
     def _on_exit(self, reason: str) -> None:
-        self.failure = f"the catalog worker stopped: {reason}"
+        self.failure = f"the {self.stream} worker stopped: {reason}"
 
     def _on_frame(self, kind: int, tag: int, payload: memoryview) -> None:
         now = time.monotonic()
         self._last_message = now
-        if kind == proto.CATALOG_FAILING:
+        if kind == proto.FAILING:
             self.failure = ujson.loads(bytes(payload)).get("message", "Pravega failed")
             return
         self._last_success = now
         self.failure = None
-        if kind == proto.CATALOG_RESET:
-            self._staging = {}
-        elif kind == proto.CATALOG_RECORD:
-            self.position = tag
-            stored = decode_record(bytes(payload))
-            if stored is None:
-                return
-            if self._staging is not None:
-                self._staging[stored.record.id] = stored
-            else:
-                self.videos = {**self.videos, stored.record.id: stored}
-                self._changed = True
-        elif kind == proto.CATALOG_CAUGHT_UP:
-            self.position = tag
-            if self._staging is not None:
-                self._changed = self._changed or self._staging != self.videos
-                self.videos, self._staging = self._staging, None
-            self.caught_up.set()
-            if self._changed:
-                self._changed = False
-                self.on_change(self.videos)
+        self.position = tag
+        if kind == proto.RESET:
+            self.on_reset()
+        elif kind == proto.RECORD:
+            self.on_record(bytes(payload))
+        elif kind == proto.CAUGHT_UP:
+            self.on_caught_up()
         else:
             self._worker.kill(f"unexpected message kind {kind}")
+
+    def on_reset(self) -> None:
+        """A replay of the stream from its head follows."""
+
+    def on_record(self, data: bytes) -> None:
+        """One event, in the stream's order; :attr:`position` is the offset after it."""
+
+    def on_caught_up(self) -> None:
+        """Every event up to the tail, :attr:`position`, has been passed to :meth:`on_record`."""
+
+
+class CatalogFollower(StreamFollower):
+    """Follows the ``catalog`` stream and keeps :attr:`videos` as it says.
+
+    A replay (after a start or a failure) is gathered aside and replaces the
+    catalog only once it reaches the tail, so videos do not blink out while
+    it runs. ``on_change`` is called after each batch that changed something.
+    """
+
+    def __init__(self, settings: PravegaSettings, on_change: Callable[[dict[str, StoredVideo]], None]) -> None:
+        # Often enough that a new video shows within a second, rarely enough to cost nothing.
+        super().__init__(settings, CATALOG_STREAM, poll=min(0.5, settings.timeout / 4))
+        self.on_change = on_change
+        self.videos: dict[str, StoredVideo] = {}
+        self.caught_up = asyncio.Event()
+        self._staging: dict[str, StoredVideo] | None = None
+        self._changed = False
+
+    def on_reset(self) -> None:
+        self._staging = {}
+
+    def on_record(self, data: bytes) -> None:
+        stored = decode_record(data)
+        if stored is None:
+            return
+        if self._staging is not None:
+            self._staging[stored.record.id] = stored
+        else:
+            self.videos = {**self.videos, stored.record.id: stored}
+            self._changed = True
+
+    def on_caught_up(self) -> None:
+        if self._staging is not None:
+            self._changed = self._changed or self._staging != self.videos
+            self.videos, self._staging = self._staging, None
+        self.caught_up.set()
+        if self._changed:
+            self._changed = False
+            self.on_change(self.videos)

@@ -36,7 +36,7 @@ from media.pravega_catalog import (
     stream_prefix,
     video_stream_name,
 )
-from media.pravega_io import PravegaError, calling, ensure_catalog, replay_catalog, stream_manager
+from media.pravega_io import PravegaError, calling, ensure_event_stream, replay_catalog, stream_manager
 from media.store import VIDEO_TYPES, CaptionTrack, InvalidInput, NewVideo, Unavailable, VideoRecord, check_video_id
 from settings import Settings
 
@@ -60,7 +60,7 @@ def ingest_into_pravega(settings: Settings, item: NewVideo, progress: Callable[[
     scope = settings.pravega.scope
     try:
         manager = stream_manager(settings.pravega.controller_uri)
-        ensure_catalog(manager, scope)
+        ensure_event_stream(manager, scope, CATALOG_STREAM)
         current = replay_catalog(manager, scope).get(item.id)
         if current is not None and current.digest == digest:
             progress(size)

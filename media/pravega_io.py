@@ -13,6 +13,12 @@ What pravega_client 0.3.8 does, as found by experiment and in its source:
 * ``ByteStream.write`` takes ``bytes``, appends at most 8 MiB per call and
   returns how much; appends are conditional on the offset the writer object
   started from (0), so only a fresh stream can be written.
+* ``ByteStream.truncate(offset)`` drops a segment's bytes before ``offset``
+  (an event stream's too, when it has one segment); ``current_head_offset()``
+  then answers ``offset``, a read below it fails with ``SegmentIsTruncated``,
+  and a truncation below it fails with ``NoSuchSegment``.
+* A ``ByteStream`` or writer needs the ``StreamManager`` that made it: once
+  that is collected, its calls panic ("Tokio context ... being shutdown").
 * A missing stream makes ``create_byte_stream`` panic; the panic reaches
   Python as ``pyo3_runtime.PanicException``, which derives from
   ``BaseException``, not ``Exception``.
@@ -21,14 +27,20 @@ What pravega_client 0.3.8 does, as found by experiment and in its source:
 from __future__ import annotations
 
 import contextlib
+import struct
 from typing import Iterator
 
 import pravega_client
 
-from media.pravega_catalog import CATALOG_STREAM, StoredVideo, decode_record, split_events
+from media.pravega_catalog import CATALOG_STREAM, StoredVideo, decode_record
 
-# How much of the catalog one poll reads at most; a longer backlog takes several.
-_CATALOG_READ = 4 * 1024 * 1024
+# The most one readinto call fills, whatever the size of the buffer it is given.
+READ_PIECE = 512 * 1024
+# How much of an event stream one poll reads at most; a longer backlog takes several.
+_EVENTS_READ = 4 * 1024 * 1024
+# Pravega frames each event in a segment as a type code (0) and a length.
+_EVENT_HEADER = struct.Struct(">ii")
+_EVENT_TYPE = 0
 # Substrings of the client's error text that mean "no such stream", not "unreachable".
 _NOT_FOUND_SIGNS = ("NoSuchSegment", "status: NotFound", "SegmentIsTruncated")
 
@@ -62,75 +74,133 @@ def stream_manager(controller_uri: str) -> pravega_client.StreamManager:
         return pravega_client.StreamManager(controller_uri)
 
 
-def ensure_catalog(manager: pravega_client.StreamManager, scope: str) -> None:
-    """Creates the scope and its catalog stream unless they exist."""
+def ensure_event_stream(manager: pravega_client.StreamManager, scope: str, stream: str) -> None:
+    """Creates the scope and its event stream ``stream``, of one segment, unless they exist."""
     with calling(f"creating scope {scope!r}"):
         manager.create_scope(scope)
-    with calling(f"creating the catalog stream in {scope!r}"):
-        manager.create_stream(scope, CATALOG_STREAM, 1)
+    with calling(f"creating stream {stream!r} in {scope!r}"):
+        manager.create_stream(scope, stream, 1)
 
 
-def read_exactly(stream: pravega_client.ByteStream, offset: int, length: int) -> bytearray:
-    """Bytes ``offset`` to ``offset + length`` of ``stream``, which must all exist already."""
+def delete_scope(manager: pravega_client.StreamManager, scope: str) -> None:
+    """Deletes ``scope`` and every stream in it: the standalone holds every stream in memory until deleted."""
+    with calling(f"deleting scope {scope!r}"):
+        # Pravega lists its own "_MARK…" streams too, and removes them with their stream.
+        for stream in [name for name in manager.list_stream(scope) if not name.startswith("_")]:
+            manager.seal_stream(scope, stream)
+            manager.delete_stream(scope, stream)
+        manager.delete_scope(scope)
+
+
+def read_range(
+    stream: pravega_client.ByteStream, offset: int, length: int, pieces: list[bytearray]
+) -> list[memoryview]:
+    """Bytes ``offset`` to ``offset + length`` of ``stream``, which must all exist already, as views of buffers.
+
+    ``pieces`` are the caller's buffers of ``READ_PIECE`` bytes, added to as
+    needed and used again by the next call, which the views do not outlive.
+    Reusing them matters: with a fresh megabyte per read, a worker spent
+    about four times the CPU of the reads themselves (bench/RESULTS.md).
+    """
     with calling("reading"):
         if stream.tell() != offset:
             stream.seek(offset)
-        out = bytearray(length)
+        views: list[memoryview] = []
         got = 0
         while got < length:
-            # readinto fills from the start of a bytearray and never past its end,
-            # so each call gets one exactly as long as what is still missing.
-            piece = out if got == 0 else bytearray(length - got)
+            if length - got >= READ_PIECE:
+                if len(pieces) == len(views):
+                    pieces.append(bytearray(READ_PIECE))
+                piece = pieces[len(views)]
+            else:
+                # readinto fills from the start of a bytearray and never past
+                # its end, and a read past the range could wait at the tail.
+                piece = bytearray(length - got)
             n = stream.readinto(piece)
             if n <= 0:
                 raise PravegaError("unavailable", f"read at offset {offset + got} returned nothing")
-            if got:
-                out[got : got + n] = memoryview(piece)[:n]
+            views.append(memoryview(piece)[:n])
             got += n
-        return out
+        return views
 
 
-class CatalogReader:
-    """Reads the catalog's records in order, as raw segment bytes, never past its tail.
+class EventReader:
+    """Reads the events of a one-segment event stream in order, as raw segment bytes, never past its tail.
 
-    The catalog is an event stream with one segment, and a byte reader over
-    that segment sees each event framed as Pravega stores it. Reading it so,
-    rather than through a reader group, needs no per-instance state in
-    Pravega and tells exactly when every record written so far has been read.
+    A byte reader over the stream's segment sees each event framed as
+    Pravega stores it. Reading it so, rather than through a reader group,
+    needs no per-instance state in Pravega and tells exactly when every event
+    written so far has been read. Reading starts at the stream's head: the
+    first event not truncated away.
     """
 
-    def __init__(self, manager: pravega_client.StreamManager, scope: str) -> None:
-        with calling("opening the catalog"):
-            self._stream = manager.create_byte_stream(scope, CATALOG_STREAM)
-        self.position = 0
+    def __init__(self, manager: pravega_client.StreamManager, scope: str, stream: str) -> None:
+        self.name = stream
+        # The manager owns the client's runtime, which the stream object needs.
+        self._manager = manager
+        with calling(f"opening stream {stream!r}"):
+            self._stream = manager.create_byte_stream(scope, stream)
+            self.position = self._stream.current_head_offset()
         # Bytes of an event the last read cut short; appends are atomic, so
         # this only fills when the read size limit falls inside an event.
         self._partial = b""
+        self._pieces: list[bytearray] = []
 
     def read_new(self) -> tuple[list[tuple[int, bytes]], bool]:
-        """Records written since the last call, each with the offset after it, and whether that reached the tail."""
-        with calling("reading the catalog's length"):
+        """Events written since the last call, each with the offset after it, and whether that reached the tail.
+
+        An event truncated away before it was read fails with kind "not_found".
+        """
+        with calling(f"reading the length of {self.name!r}"):
             tail = self._stream.current_tail_offset()
         read_from = self.position + len(self._partial)
         if tail < read_from:
-            raise PravegaError("unavailable", f"the catalog shrank from {read_from} to {tail} bytes: it was recreated")
+            raise PravegaError("unavailable", f"{self.name!r} shrank from {read_from} to {tail} bytes: recreated")
         if tail == read_from:
             return [], True
-        length = min(tail - read_from, _CATALOG_READ)
-        data = self._partial + read_exactly(self._stream, read_from, length)
+        length = min(tail - read_from, _EVENTS_READ)
+        data = b"".join([self._partial, *read_range(self._stream, read_from, length, self._pieces)])
         try:
             events, used = split_events(data)
         except ValueError as e:
-            raise PravegaError("unavailable", f"catalog: {e}") from None
+            raise PravegaError("unavailable", f"{self.name!r}: {e}") from None
         records = [(self.position + end, payload) for end, payload in events]
         self.position += used
         self._partial = bytes(data[used:])
         return records, read_from + length == tail
 
+    def truncate(self, offset: int) -> None:
+        """Drops the events before ``offset``, which must be where an event ends.
+
+        Fails when ``offset`` lies before the head, as when another instance truncated further already.
+        """
+        with calling(f"truncating {self.name!r} at {offset}"):
+            self._stream.truncate(offset)
+
+
+def split_events(data: bytes | bytearray | memoryview) -> tuple[list[tuple[int, bytes]], int]:
+    """The complete events at the start of raw segment ``data``, each with the offset just past it.
+
+    Returns the events and how many bytes they took; bytes after that are
+    an event whose end has not been read yet.
+    """
+    events = []
+    pos = 0
+    while len(data) - pos >= _EVENT_HEADER.size:
+        kind, length = _EVENT_HEADER.unpack_from(data, pos)
+        if kind != _EVENT_TYPE or length < 0:
+            raise ValueError(f"not an event at offset {pos} of the data read (type {kind}, length {length})")
+        end = pos + _EVENT_HEADER.size + length
+        if end > len(data):
+            break
+        events.append((end, bytes(data[pos + _EVENT_HEADER.size : end])))
+        pos = end
+    return events, pos
+
 
 def replay_catalog(manager: pravega_client.StreamManager, scope: str) -> dict[str, StoredVideo]:
     """The catalog as it stands now: the latest usable record of each id."""
-    reader = CatalogReader(manager, scope)
+    reader = EventReader(manager, scope, CATALOG_STREAM)
     videos: dict[str, StoredVideo] = {}
     caught_up = False
     while not caught_up:

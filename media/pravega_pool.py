@@ -22,7 +22,7 @@ import subprocess
 import sys
 import uuid
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import ujson
 
@@ -42,7 +42,8 @@ class Worker:
 
     ``target_for(kind, tag, length)`` gives the buffer a frame's payload is
     received into; ``on_frame(kind, tag, payload)`` gets each whole frame and
-    ``on_exit(reason)`` is called once when the worker is gone.
+    ``on_exit(reason)`` is called once when the worker is gone. ``options``
+    go on the worker's command line after the connection's.
     """
 
     def __init__(
@@ -52,18 +53,19 @@ class Worker:
         on_frame: Callable[[int, int, memoryview], None],
         on_exit: Callable[[str], None],
         target_for: Callable[[int, int, int], memoryview] | None = None,
-        poll: float = 0.5,
+        options: Sequence[str] = (),
     ) -> None:
         self.role = role
         self.on_frame = on_frame
         self.on_exit = on_exit
         self.target_for = target_for or (lambda kind, tag, length: memoryview(bytearray(length)))
         self.dead = False
+        self._gone = asyncio.Event()
         ours, theirs = socket.socketpair()
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "media.pravega_worker", role, "--fd", str(theirs.fileno()),
-                 "--controller", settings.controller_uri, "--scope", settings.scope, "--poll", str(poll)],
+                 "--controller", settings.controller_uri, "--scope", settings.scope, *options],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -98,10 +100,26 @@ class Worker:
             self.kill("it stopped taking requests")
             raise Unavailable(f"the Pravega {self.role} worker is stuck")
 
+    async def finish(self, grace: float, reason: str) -> None:
+        """Closes our sending side, which a worker takes as the end once it has acted on what came before.
+
+        A worker that has not exited after ``grace`` seconds is killed.
+        """
+        if self.dead:
+            return
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+            async with asyncio.timeout(grace):
+                await self._gone.wait()
+        except (OSError, TimeoutError):
+            pass
+        self.kill(reason)
+
     def kill(self, reason: str) -> None:
         if self.dead:
             return
         self.dead = True
+        self._gone.set()
         self._loop.remove_reader(self.sock.fileno())
         self.sock.close()
         self.process.kill()

@@ -2,8 +2,8 @@
 
 Every frame is a 16-byte header, ``kind`` (u32), ``tag`` (u64) and
 ``length`` (u32), followed by ``length`` bytes of payload. For a read the tag
-is the request's id and the reply carries it back; for the catalog worker it
-is the catalog offset the message leaves the follower at.
+is the request's id and the reply carries it back; for a follow worker it is
+the stream offset the message leaves the follower at.
 
 This module is the blocking side that worker processes use; the server reads
 the same frames without blocking (see :mod:`media.pravega_pool`).
@@ -20,24 +20,32 @@ HEADER = struct.Struct(">IQI")
 READ = 1  # {"reader", "stream", "offset", "length"}: answered with DATA or ERROR
 RELEASE = 2  # {"reader"}: the read is over; not answered
 
+# Server -> follow worker.
+APPEND = 3  # one event to append to the followed stream, as is; not answered
+
 # Reader worker -> server.
 DATA = 16  # exactly the bytes asked for
 ERROR = 17  # JSON {"kind": "unavailable" | "not_found", "message"}
 
-# Catalog worker -> server.
-CATALOG_RESET = 32  # a replay from the catalog's head follows
-CATALOG_RECORD = 33  # one record, as written to the catalog stream
-CATALOG_CAUGHT_UP = 34  # every record up to the tail (the tag) has been sent
-CATALOG_FAILING = 35  # JSON {"message"}: Pravega failed; the worker retries
+# Follow worker -> server.
+RESET = 32  # a replay from the stream's head follows
+RECORD = 33  # one event, as written to the stream
+CAUGHT_UP = 34  # every event up to the tail (the tag) has been sent
+FAILING = 35  # JSON {"message"}: Pravega failed; the worker retries
 
 # Larger frames are a broken peer, not a message.
 MAX_PAYLOAD = 64 * 1024 * 1024
 
 
-def send_frame(sock: socket.socket, kind: int, tag: int, payload: bytes | bytearray | memoryview = b"") -> None:
-    sock.sendall(HEADER.pack(kind, tag, len(payload)))
-    if payload:
-        sock.sendall(payload)
+def send_frame(sock: socket.socket, kind: int, tag: int, *payload: bytes | bytearray | memoryview) -> None:
+    """Sends one frame whose payload is the parts of ``payload`` end to end, without joining them."""
+    parts = [memoryview(HEADER.pack(kind, tag, sum(len(p) for p in payload))), *map(memoryview, payload)]
+    while parts:
+        sent = sock.sendmsg(parts)
+        while parts and sent >= len(parts[0]):
+            sent -= len(parts.pop(0))
+        if parts:
+            parts[0] = parts[0][sent:]
 
 
 def recv_frame(sock: socket.socket) -> tuple[int, int, bytes] | None:

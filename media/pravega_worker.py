@@ -1,11 +1,16 @@
 """A process that does Pravega I/O for the server, which talks to it over a socket.
 
-    python -m media.pravega_worker reader|catalog --fd N --controller URI --scope S [--poll SECONDS]
+    python -m media.pravega_worker reader --fd N --controller URI --scope S
+    python -m media.pravega_worker follow --fd N --controller URI --scope S --stream NAME [--poll S] [--keep S]
 
 ``reader`` answers READ requests one at a time with the bytes asked for.
-``catalog`` replays the catalog from its head, then polls its tail and sends
-each new record; after any failure it starts over with a fresh client and a
-full replay, which also covers a catalog that was recreated meanwhile.
+``follow`` replays an event stream of one segment (the catalog, presence)
+from its head, then polls its tail and sends each new event; between polls
+it appends the events the server sends it. After any failure it starts over
+with a fresh client and a full replay, which also covers a stream that was
+recreated meanwhile. With ``--keep``, it truncates the stream's head to
+where the tail was ``keep`` seconds ago, so that a replay reads only that
+much.
 
 The client's calls hold the GIL and may block for minutes when Pravega is
 unreachable, which is why they run here and not in the server: the server
@@ -20,6 +25,7 @@ import collections
 import ctypes
 import logging
 import os
+import select
 import signal
 import socket
 import sys
@@ -28,7 +34,7 @@ import time
 import ujson
 
 from media import pravega_protocol as proto
-from media.pravega_io import CatalogReader, PravegaError, calling, ensure_catalog, read_exactly, stream_manager
+from media.pravega_io import EventReader, PravegaError, calling, ensure_event_stream, read_range, stream_manager
 
 log = logging.getLogger("binge.pravega.worker")
 
@@ -37,12 +43,16 @@ _PR_SET_PDEATHSIG = 1
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m media.pravega_worker")
-    parser.add_argument("role", choices=("reader", "catalog"))
+    parser.add_argument("role", choices=("reader", "follow"))
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--controller", required=True)
     parser.add_argument("--scope", required=True)
+    parser.add_argument("--stream", help="the event stream to follow")
     parser.add_argument("--poll", type=float, default=0.5)
+    parser.add_argument("--keep", type=float, help="seconds of events to keep when truncating")
     args = parser.parse_args(argv)
+    if args.role == "follow" and not args.stream:
+        parser.error("follow needs --stream")
     logging.basicConfig(level=logging.WARNING, format=f"pravega {args.role} worker %(process)d: %(message)s")
     _die_with_parent()
     # Panics are expected here (a missing stream panics); a backtrace per panic would flood the log.
@@ -52,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.role == "reader":
             serve_reads(sock, args.controller, args.scope)
         else:
-            follow_catalog(sock, args.controller, args.scope, args.poll)
+            follow_stream(sock, args.controller, args.scope, args.stream, args.poll, args.keep)
     except (BrokenPipeError, ConnectionResetError):
         pass  # the server went away
     return 0
@@ -71,7 +81,9 @@ class ByteStreamPool:
 
     Opening one costs a round trip to the controller and two to the segment
     store, and a player reads one video in many ranges, so a finished read
-    leaves its stream object idle for the next read of that stream.
+    leaves its stream object idle for the next read of that stream. Reads
+    land in buffers of the pool's, kept for the next read (see
+    :func:`~media.pravega_io.read_range`).
     """
 
     def __init__(self, manager, scope: str, idle_limit: int = 16) -> None:
@@ -81,14 +93,16 @@ class ByteStreamPool:
         self._active: dict[str, tuple[str, object]] = {}
         self._idle: collections.OrderedDict[tuple[str, int], object] = collections.OrderedDict()
         self._opened = 0
+        self._pieces: list[bytearray] = []
 
-    def read(self, reader: str, stream: str, offset: int, length: int) -> bytearray:
+    def read(self, reader: str, stream: str, offset: int, length: int) -> list[memoryview]:
+        """The bytes asked for, as views that the next read overwrites."""
         entry = self._active.get(reader)
         if entry is None or entry[0] != stream:
             entry = (stream, self._checkout(stream))
             self._active[reader] = entry
         try:
-            return read_exactly(entry[1], offset, length)
+            return read_range(entry[1], offset, length, self._pieces)
         except PravegaError:
             # The object may be mid-read or broken: never hand it out again.
             del self._active[reader]
@@ -122,32 +136,103 @@ def serve_reads(sock: socket.socket, controller_uri: str, scope: str) -> None:
         if kind != proto.READ:
             raise ValueError(f"unknown request kind {kind}")
         try:
-            data = pool.read(request["reader"], request["stream"], request["offset"], request["length"])
+            views = pool.read(request["reader"], request["stream"], request["offset"], request["length"])
         except PravegaError as e:
             error = ujson.dumps({"kind": e.kind, "message": str(e)}).encode()
             proto.send_frame(sock, proto.ERROR, tag, error)
             continue
-        proto.send_frame(sock, proto.DATA, tag, data)
+        proto.send_frame(sock, proto.DATA, tag, *views)
 
 
-def follow_catalog(sock: socket.socket, controller_uri: str, scope: str, poll: float) -> None:
+def follow_stream(
+    sock: socket.socket, controller_uri: str, scope: str, stream: str, poll: float, keep: float | None
+) -> None:
+    """Follows ``stream`` and appends to it until the server closes the socket."""
     while True:
         try:
             manager = stream_manager(controller_uri)
-            ensure_catalog(manager, scope)
-            reader = CatalogReader(manager, scope)
-            proto.send_frame(sock, proto.CATALOG_RESET, 0)
+            ensure_event_stream(manager, scope, stream)
+            reader = EventReader(manager, scope, stream)
+            truncator = Truncator(reader, keep) if keep else None
+            writer = None
+            proto.send_frame(sock, proto.RESET, reader.position)
             while True:
                 records, caught_up = reader.read_new()
                 for offset, data in records:
-                    proto.send_frame(sock, proto.CATALOG_RECORD, offset, data)
-                if caught_up:
-                    proto.send_frame(sock, proto.CATALOG_CAUGHT_UP, reader.position)
-                    time.sleep(poll)
+                    proto.send_frame(sock, proto.RECORD, offset, data)
+                if not caught_up:
+                    continue
+                proto.send_frame(sock, proto.CAUGHT_UP, reader.position)
+                if truncator:
+                    truncator.caught_up(time.monotonic())
+                # Events to append are taken only between reads, so that a
+                # replay is over before this instance adds to the stream.
+                appends, closed = take_appends(sock, poll)
+                if appends:
+                    if writer is None:
+                        with calling(f"opening a writer on {stream!r}"):
+                            writer = manager.create_writer(scope, stream)
+                    with calling(f"appending to {stream!r}"):
+                        for data in appends:
+                            writer.write_event_bytes(data)
+                        writer.flush()
+                if closed:
+                    return
         except PravegaError as e:
             log.warning("%s", e)
-            proto.send_frame(sock, proto.CATALOG_FAILING, 0, ujson.dumps({"message": str(e)}).encode())
+            proto.send_frame(sock, proto.FAILING, 0, ujson.dumps({"message": str(e)}).encode())
             time.sleep(poll)
+
+
+def take_appends(sock: socket.socket, wait: float) -> tuple[list[bytes], bool]:
+    """The APPEND requests the server sent within ``wait`` seconds, and whether it then closed the socket.
+
+    The server sends whole frames at once, so a frame that has begun to arrive is read without waiting.
+    """
+    appends: list[bytes] = []
+    timeout = wait
+    while select.select([sock], [], [], timeout)[0]:
+        frame = proto.recv_frame(sock)
+        if frame is None:
+            return appends, True
+        kind, _, payload = frame
+        if kind != proto.APPEND:
+            raise ValueError(f"unknown request kind {kind}")
+        appends.append(payload)
+        # Once something came, take what else is there and get on with it.
+        timeout = 0
+    return appends, False
+
+
+class Truncator:
+    """Truncates a stream's head to where its tail was at least ``keep`` seconds ago.
+
+    What was there earlier is never needed again when every writer repeats
+    what matters within ``keep`` seconds (presence instances send a snapshot
+    of their sockets more often than that), and a replay then reads only
+    about ``keep`` seconds of events. Several instances truncating the same
+    stream is harmless: truncation only moves the head forward, and one that
+    lost the race (its offset is behind the head already) fails and is
+    ignored.
+    """
+
+    def __init__(self, reader: EventReader, keep: float) -> None:
+        self.reader = reader
+        self.keep = keep
+        # (when, the offset the tail was at then), oldest first, about keep/4 apart.
+        self._marks: collections.deque[tuple[float, int]] = collections.deque()
+
+    def caught_up(self, now: float) -> None:
+        if not self._marks or now - self._marks[-1][0] >= self.keep / 4:
+            self._marks.append((now, self.reader.position))
+        cut = None
+        while self._marks and now - self._marks[0][0] >= self.keep:
+            cut = self._marks.popleft()[1]
+        if cut:
+            try:
+                self.reader.truncate(cut)
+            except PravegaError as e:
+                log.debug("not truncated: %s", e)
 
 
 if __name__ == "__main__":

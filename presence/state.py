@@ -7,6 +7,11 @@ changes nothing (watching the video already watched, leaving when watching
 nothing) is silent. Changes carry a socket's whole state rather than a diff,
 so applying one twice, or out of a stream shared between server instances,
 gives the same result.
+
+When server instances share presence (see :mod:`presence.shared`), the
+sockets of the others are here too, each with the id of its instance, and
+go through :meth:`Presence.put_remote`; the local operations concern this
+instance's own sockets only.
 """
 
 from __future__ import annotations
@@ -23,15 +28,21 @@ class SocketState:
     video_id: str | None = None
     # URL of the peer node serving this client, when the client is one.
     peer: str | None = None
+    # The server instance the socket is connected to, when that is another one.
+    instance: str | None = None
 
 
 @dataclass(frozen=True)
 class Change:
-    """What subscribers hear: ``socket_id`` is now in ``state``, or gone when ``state`` is None."""
+    """What subscribers hear: ``socket_id`` is now in ``state``, or gone when ``state`` is None.
+
+    ``instance`` is the socket's instance, None for a socket of this one.
+    """
 
     version: int
     socket_id: str
     state: SocketState | None
+    instance: str | None = None
 
 
 class Presence:
@@ -42,6 +53,8 @@ class Presence:
     """
 
     def __init__(self) -> None:
+        # This instance's id while presence is shared, shown in its own sockets' entries.
+        self.instance: str | None = None
         self._version = 0
         self._sockets: dict[str, SocketState] = {}
         # video id -> its watchers' socket ids, in the order they started
@@ -79,18 +92,38 @@ class Presence:
         """Removes the socket from the sockets and from its video's watchers."""
         self._set(socket_id, self._sockets[socket_id], None)
 
+    def put_remote(self, instance: str, socket_id: str, state: SocketState | None) -> None:
+        """Sets a socket of another instance to ``state`` (its ``instance`` is set here), or removes it.
+
+        A socket id this instance or a third one holds is left alone: ids are
+        random, so that happens only when something is broken.
+        """
+        old = self._sockets.get(socket_id)
+        if old is not None and old.instance != instance:
+            return
+        self._set(socket_id, old, None if state is None else replace(state, instance=instance), instance)
+
     def drop_videos_not_in(self, video_ids: Iterable[str]) -> None:
-        """Moves the watchers of every video not in ``video_ids`` (the catalog) to no video."""
+        """Moves this instance's watchers of every video not in ``video_ids`` (the catalog) to no video.
+
+        Other instances see to their own sockets.
+        """
         keep = set(video_ids)
         for video_id in [v for v in self._watchers if v not in keep]:
             for socket_id in list(self._watchers[video_id]):
-                self.leave(socket_id)
+                if self._sockets[socket_id].instance is None:
+                    self.leave(socket_id)
 
     def socket_count(self) -> int:
+        """Every socket presence holds, other instances' included."""
         return len(self._sockets)
 
+    def local_sockets(self) -> dict[str, SocketState]:
+        """This instance's own sockets and their states."""
+        return {socket_id: s for socket_id, s in self._sockets.items() if s.instance is None}
+
     def watchers(self, video_id: str) -> list[dict]:
-        """``[{"ipaddress", "socketId"[, "peer"]}]`` for the video, new dicts the caller may keep."""
+        """``[{"ipaddress", "socketId"[, "peer"][, "instance"]}]`` for the video, new dicts the caller may keep."""
         return [self._entry(s) for s in self._watchers.get(video_id, ())]
 
     def snapshot(self) -> dict:
@@ -106,9 +139,14 @@ class Presence:
         entry = {"ipaddress": state.ipaddress, "socketId": socket_id}
         if state.peer is not None:
             entry["peer"] = state.peer
+        instance = state.instance or self.instance
+        if instance is not None:
+            entry["instance"] = instance
         return entry
 
-    def _set(self, socket_id: str, old: SocketState | None, new: SocketState | None) -> None:
+    def _set(
+        self, socket_id: str, old: SocketState | None, new: SocketState | None, instance: str | None = None
+    ) -> None:
         """The one place state changes: keeps the watcher lists in step and notifies."""
         if old == new:
             return
@@ -127,6 +165,6 @@ class Presence:
         else:
             self._sockets[socket_id] = new
         self._version += 1
-        change = Change(self._version, socket_id, new)
+        change = Change(self._version, socket_id, new, instance)
         for callback in list(self._subscribers):
             callback(change)

@@ -1,0 +1,124 @@
+"""The Tornado application: routes, and the shared objects handlers reach through it."""
+
+from __future__ import annotations
+
+import time
+
+import tornado.web
+
+from captions.cache import CaptionCache
+from handlers import catalog, health, metrics, pages, peers, presence, stream
+from handlers.base import NotFoundHandler, client_ip
+from media.store import Store
+from ops import access_log
+from ops.limits import Slots
+from ops.metrics import Metrics
+from peers.manifest_cache import ManifestCache
+from peers.node_store import PeerNodeStore
+from presence.broadcast import Broadcaster
+from presence.pravega_link import PresenceLink
+from presence.state import Presence
+from settings import Settings
+
+VIDEO = r"(?P<video_id>[^/]+)"
+
+
+def routes() -> list[tuple]:
+    # The old Electron app's paths come before the /videos/{id} family they overlap.
+    return [
+        (rf"/videos/{VIDEO}/stream", stream.StreamHandler),
+        (rf"/videos/{VIDEO}/captions", catalog.CaptionListHandler),
+        (rf"/videos/{VIDEO}/captions/(?P<lang>[^/]+?)(?:\.vtt)?", catalog.CaptionHandler),
+        (rf"/videos/{VIDEO}/poster", catalog.PosterHandler),
+        (rf"/videos/{VIDEO}/data", catalog.VideoHandler),
+        (rf"/videos/{VIDEO}/manifest", peers.ManifestHandler),
+        (rf"/videos/{VIDEO}/peers", peers.PeersHandler),
+        (rf"/videos/{VIDEO}/have", peers.HaveHandler),
+        (rf"/videos/{VIDEO}/pieces/(?P<index>[0-9]+)", peers.PieceHandler),
+        (rf"/videos/{VIDEO}/sources", peers.SourcesHandler),
+        (rf"/videos/video/{VIDEO}/caption", catalog.CaptionHandler),
+        (rf"/videos/video/{VIDEO}", stream.StreamHandler),
+        (rf"/videos/{VIDEO}", catalog.VideoHandler),
+        (r"/videos/?", catalog.VideoListHandler),
+        (r"/presence", presence.PresenceHandler),
+        (r"/healthz", health.HealthHandler),
+        (r"/metrics", metrics.MetricsHandler),
+        (r"/", pages.CatalogPage),
+        (rf"/watch/{VIDEO}", pages.WatchPage),
+    ]
+
+
+class BingeApp(tornado.web.Application):
+    """The server: configuration, the store, presence, the caption cache, metrics and limits, shared by handlers."""
+
+    def __init__(self, config: Settings, store: Store) -> None:
+        self.config = config
+        self.started = time.monotonic()
+        self.store = store
+        self.presence = Presence()
+        self.metrics = Metrics(store.name)
+        # Video bodies being sent and presence websockets, limited per client address.
+        self.streams = Slots("streams", config.limits.streams_per_ip)
+        self.sockets = Slots("websockets", config.limits.sockets_per_ip)
+        self.metrics.watch(lambda: len(self.streams), lambda: len(self.sockets))
+        self.broadcaster = Broadcaster(self.presence, config.presence, self.metrics.broadcast_latency.observe)
+        self.captions = CaptionCache(config.storage.cache_dir)
+        super().__init__(
+            routes(),
+            default_handler_class=NotFoundHandler,
+            compress_response=False,
+            static_path=pages.STATIC_PATH,
+            static_handler_class=pages.StaticFiles,
+            template_path=pages.TEMPLATE_PATH,
+        )
+        store.add_listener(self._on_catalog_change)
+        # Instances on one Pravega scope share one presence picture.
+        self.presence_link: PresenceLink | None = None
+        if store.name == "pravega":
+            self.presence_link = PresenceLink(self.presence, config.pravega)
+            self.presence_link.start()
+        # An origin hashes its videos into manifests in the background, so
+        # that nodes find them ready; a node mirrors what its clients watch
+        # onto its upstream's presence, and serves its upstream's manifests.
+        self.manifests: ManifestCache | None = None
+        if isinstance(store, PeerNodeStore):
+            store.announce(self.presence)
+            store.on_bad_piece = self.metrics.piece_failed
+            self.metrics.count_sources(store.sources)
+        else:
+            self.manifests = ManifestCache(store, config.storage.cache_dir, config.peer.piece_size)
+            self.manifests.follow_catalog()
+
+    def log_request(self, handler: tornado.web.RequestHandler) -> None:
+        """Writes the request's access line and counts it by route and status."""
+        access_log.log_request(handler, client_ip(handler.request, self.config.server.trusted_proxies))
+        self.metrics.requests.labels(access_log.route(handler), str(handler.get_status())).inc()
+
+    def _on_catalog_change(self) -> None:
+        self.presence.drop_videos_not_in(set(self.store.videos()))
+
+    async def close(self) -> None:
+        if self.presence_link:
+            await self.presence_link.close()
+        if self.manifests:
+            await self.manifests.close()
+        await self.store.close()
+
+
+def make_store(config: Settings) -> Store:
+    if config.peer.upstream:
+        return PeerNodeStore(config)
+    if config.storage.backend == "pravega":
+        from media.pravega_store import PravegaStore
+
+        return PravegaStore(config)
+    from media.filesystem import FilesystemStore
+
+    return FilesystemStore(config.storage)
+
+
+async def build_app(config: Settings) -> BingeApp:
+    """Creates the store for ``config``, loads its catalog and returns the app ready to listen."""
+    store = make_store(config)
+    await store.start()
+    return BingeApp(config, store)

@@ -1,0 +1,450 @@
+"""Presence shared between server instances: the merge on its own, then real ``server.py`` processes on one Pravega.
+
+The process tests run two or three servers on one scope of the shared
+standalone Pravega (scripts/pravega) with a short ``pravega.instance_timeout``.
+Without Java or Maven they are skipped, except under CI (env ``CI`` set),
+where that is a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+import ujson
+import yaml
+from tornado.httpclient import AsyncHTTPClient
+from tornado.websocket import websocket_connect
+
+from media.pravega_io import EventReader, delete_scope, stream_manager
+from media.pravega_store import ingest_into_pravega
+from media.store import NewVideo
+from presence.pravega_link import PRESENCE_STREAM
+from presence.shared import RemoteInstances, change_record, decode_record, gone_record, snapshot_record
+from presence.state import Change, Presence, SocketState
+from settings import settings_from_dict
+from tests.pravega_server import ROOT, free_ports
+
+# ---------------------------------------------------------------- the merge, no Pravega
+
+TIMEOUT = 10.0
+
+
+class Clocks:
+    """A monotonic and a wall clock that move only when told."""
+
+    def __init__(self) -> None:
+        self.mono = 1000.0
+        self.wall = 1_700_000_000.0
+
+    def advance(self, seconds: float) -> None:
+        self.mono += seconds
+        self.wall += seconds
+
+
+@pytest.fixture
+def clocks():
+    return Clocks()
+
+
+@pytest.fixture
+def presence():
+    return Presence()
+
+
+@pytest.fixture
+def remote(presence, clocks):
+    return RemoteInstances(presence, "me", TIMEOUT, clock=lambda: clocks.mono, wall_clock=lambda: clocks.wall)
+
+
+def change(socket_id, ip="10.0.0.1", video=None, peer=None, gone=False, instance="A", at=0.0) -> bytes:
+    state = None if gone else SocketState(ip, video, peer)
+    return change_record(instance, Change(1, socket_id, state), at)
+
+
+def snapshot(sockets: dict[str, SocketState], instance="A", at=0.0) -> bytes:
+    return snapshot_record(instance, sockets, at)
+
+
+def test_records_round_trip():
+    record = decode_record(change("s1", video="alpha", peer="http://10.0.0.1:8080", at=5.5))
+    assert (record.type, record.instance, record.at) == ("change", "A", 5.5)
+    assert record.sockets == {"s1": SocketState("10.0.0.1", "alpha", "http://10.0.0.1:8080")}
+    assert decode_record(change("s1", gone=True)).sockets == {"s1": None}
+    sockets = {"s1": SocketState("10.0.0.1"), "s2": SocketState("10.0.0.2", "beta")}
+    assert decode_record(snapshot(sockets)).sockets == sockets
+    gone = decode_record(gone_record("A", 7.0))
+    assert (gone.type, gone.instance, gone.sockets) == ("gone", "A", {})
+
+
+@pytest.mark.parametrize("data", [
+    b"not json", b"[]", b'{"v": 2, "type": "gone", "instance": "A", "at": 1}',
+    b'{"v": 1, "type": "gone", "instance": 3, "at": 1}', b'{"v": 1, "type": "later", "instance": "A", "at": 1}',
+    b'{"v": 1, "type": "change", "instance": "A", "at": 1, "socket": "s", "state": {"ipaddress": 1}}',
+    b'{"v": 1, "type": "snapshot", "instance": "A", "at": 1, "sockets": []}',
+])
+def test_unusable_records_are_skipped(remote, presence, data):
+    assert decode_record(data) is None
+    remote.receive(data)
+    assert presence.version == 0
+
+
+def test_a_remote_change_shows_with_its_instance_and_is_heard_as_remote(remote, presence):
+    heard = []
+    presence.subscribe(heard.append)
+    remote.receive(change("s1", video="alpha"))
+    assert presence.snapshot()["videos"] == {"alpha": [{"ipaddress": "10.0.0.1", "socketId": "s1", "instance": "A"}]}
+    assert heard == [Change(1, "s1", SocketState("10.0.0.1", "alpha", instance="A"), "A")]
+    remote.receive(change("s1", gone=True))
+    assert presence.snapshot()["sockets"] == {}
+    assert heard[-1] == Change(2, "s1", None, "A")
+
+
+def test_own_records_are_ignored(remote, presence):
+    remote.receive(change("s1", instance="me"))
+    remote.receive(snapshot({"s2": SocketState("10.0.0.2")}, instance="me"))
+    assert presence.version == 0
+
+
+def test_a_snapshot_replaces_the_instance_sockets_and_an_unchanged_one_is_silent(remote, presence):
+    remote.receive(change("s1", video="alpha"))
+    remote.receive(change("s2"))
+    remote.receive(change("b1", instance="B"))
+    remote.receive(snapshot({"s2": SocketState("10.0.0.1", "beta"), "s3": SocketState("10.0.0.3")}))
+    assert presence.snapshot()["sockets"] == {"s2": "10.0.0.1", "s3": "10.0.0.3", "b1": "10.0.0.1"}
+    assert list(presence.snapshot()["videos"]) == ["beta"]
+    version = presence.version
+    remote.receive(snapshot({"s2": SocketState("10.0.0.1", "beta"), "s3": SocketState("10.0.0.3")}))
+    assert presence.version == version
+
+
+def test_gone_drops_the_instance_at_once(remote, presence):
+    remote.receive(change("s1"))
+    remote.receive(change("b1", instance="B"))
+    remote.receive(gone_record("A", 0.0))
+    assert presence.snapshot()["sockets"] == {"b1": "10.0.0.1"}
+
+
+def test_a_silent_instance_expires_after_the_timeout(remote, presence, clocks):
+    remote.receive(change("s1"))
+    clocks.advance(6)
+    remote.receive(change("b1", instance="B"))
+    clocks.advance(TIMEOUT - 6)
+    assert remote.expire() == []
+    clocks.advance(1)
+    assert remote.expire() == ["A"]
+    assert presence.snapshot()["sockets"] == {"b1": "10.0.0.1"}
+    # Any record is a sign of life.
+    remote.receive(snapshot({"b1": SocketState("10.0.0.1")}, instance="B"))
+    clocks.advance(TIMEOUT - 1)
+    assert remote.expire() == []
+    # An instance back from the dead shows again with its next record.
+    remote.receive(snapshot({"s1": SocketState("10.0.0.1")}))
+    assert set(presence.snapshot()["sockets"]) == {"s1", "b1"}
+
+
+def test_a_replay_is_gathered_aside_then_replaces_the_picture(remote, presence, clocks):
+    remote.receive(change("s1", video="alpha"))
+    remote.receive(change("s2"))
+    version = presence.version
+    remote.begin_replay()
+    remote.receive(snapshot({"s1": SocketState("10.0.0.1", "alpha")}, at=clocks.wall))
+    remote.receive(change("s3", at=clocks.wall))
+    assert presence.version == version, "nothing shows before the replay is over"
+    assert remote.end_replay() is True
+    assert presence.snapshot()["sockets"] == {"s1": "10.0.0.1", "s3": "10.0.0.1"}
+    # s1 was there all along, unchanged: only s2 leaving and s3 arriving are changes.
+    assert presence.version == version + 2
+    assert remote.end_replay() is False
+
+
+def test_a_replayed_record_is_as_old_as_its_writer_says(remote, presence, clocks):
+    remote.begin_replay()
+    remote.receive(snapshot({"old": SocketState("10.0.0.1")}, instance="A", at=clocks.wall - 8))
+    # A writer whose clock is ahead of ours is taken as heard now, not in the future.
+    remote.receive(snapshot({"new": SocketState("10.0.0.2")}, instance="B", at=clocks.wall + 60))
+    remote.receive(snapshot({"dead": SocketState("10.0.0.3")}, instance="C", at=clocks.wall - 30))
+    remote.end_replay()
+    assert set(presence.snapshot()["sockets"]) == {"old", "new"}
+    clocks.advance(2.5)
+    assert remote.expire() == ["A"]
+    clocks.advance(TIMEOUT - 2.5)
+    assert remote.expire() == []
+
+
+def test_local_operations_concern_local_sockets_only(remote, presence):
+    presence.instance = "me"
+    presence.connect("mine", "10.0.0.9")
+    presence.watch("mine", "alpha")
+    remote.receive(change("theirs", video="alpha"))
+    assert presence.socket_count() == 2
+    assert presence.local_sockets() == {"mine": SocketState("10.0.0.9", "alpha")}
+    assert presence.watchers("alpha") == [
+        {"ipaddress": "10.0.0.9", "socketId": "mine", "instance": "me"},
+        {"ipaddress": "10.0.0.1", "socketId": "theirs", "instance": "A"},
+    ]
+    presence.drop_videos_not_in([])
+    assert presence.snapshot()["videos"] == {"alpha": [{"ipaddress": "10.0.0.1", "socketId": "theirs",
+                                                        "instance": "A"}]}
+    # An id held here or by another instance is never taken over.
+    remote.receive(change("mine", ip="6.6.6.6", instance="B"))
+    remote.receive(change("theirs", ip="6.6.6.6", instance="B"))
+    assert presence.snapshot()["sockets"] == {"mine": "10.0.0.9", "theirs": "10.0.0.1"}
+
+
+# ---------------------------------------------------------------- real servers on one Pravega
+
+INSTANCE_TIMEOUT = 3.0
+# The issue's bound: a watcher on one instance shows on another within this.
+PROPAGATION = 2.0
+
+
+class Instance:
+    """One ``server.py`` on the Pravega store, logging to a file of its own."""
+
+    def __init__(self, folder, name: str, uri: str, scope: str, instance_timeout: float) -> None:
+        self.name = name
+        (port,) = free_ports(1)
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = folder / f"{name}.log"
+        self.config_path = folder / f"{name}.yaml"
+        self.config_path.write_text(yaml.safe_dump({
+            "server": {"host": "127.0.0.1", "port": port, "shutdown_grace": 1},
+            "storage": {"backend": "pravega", "cache_dir": str(folder / f"{name}-cache")},
+            "pravega": {"controller_uri": uri, "scope": scope, "instance_timeout": instance_timeout},
+        }))
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "Instance":
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, os.path.join(ROOT, "server.py"), "--config", str(self.config_path)],
+                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            )
+        return self
+
+    async def ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.process.poll() is None, f"{self.name} exited:\n{self.log_tail()}"
+            try:
+                if await get_json(f"{self.url}/videos"):
+                    return
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"{self.name} not ready:\n{self.log_tail()}"
+            await asyncio.sleep(0.1)
+
+    async def presence(self) -> dict:
+        return await get_json(f"{self.url}/presence")
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log_tail(self) -> str:
+        return "".join(self.log_path.read_text(errors="replace").splitlines(keepends=True)[-30:])
+
+
+async def get_json(url: str):
+    response = await AsyncHTTPClient().fetch(url, request_timeout=5)
+    return ujson.loads(response.body)
+
+
+class Client:
+    """A presence websocket that keeps every message as it comes."""
+
+    def __init__(self) -> None:
+        self.inbox: asyncio.Queue = asyncio.Queue()
+
+    async def connect(self, instance: Instance) -> "Client":
+        self.conn = await websocket_connect(instance.url.replace("http", "ws") + "/presence",
+                                            on_message_callback=self.inbox.put_nowait)
+        welcome = await self.next()
+        self.socket_id = welcome["socketId"]
+        return self
+
+    async def next(self, timeout: float = 10.0) -> dict:
+        raw = await asyncio.wait_for(self.inbox.get(), timeout)
+        assert raw is not None, "socket closed"
+        return ujson.loads(raw)
+
+    async def presence_until(self, predicate, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            message = await self.next(max(0.01, deadline - time.monotonic()))
+            if message["type"] == "presence" and predicate(message["presence"]):
+                return message["presence"]
+
+    def send(self, message: dict) -> None:
+        self.conn.write_message(ujson.dumps(message))
+
+
+async def until(predicate, timeout: float, step: float = 0.05):
+    """Polls the coroutine function ``predicate`` until it returns something true; that result."""
+    deadline = time.monotonic() + timeout
+    while not (result := await predicate()):
+        assert time.monotonic() < deadline, f"not true within {timeout}s"
+        await asyncio.sleep(step)
+    return result
+
+
+def watching(socket_id: str, video: str):
+    return lambda p: any(w["socketId"] == socket_id for w in p["videos"].get(video, []))
+
+
+class Scope:
+    """A fresh scope holding one small video, and the instances started on it."""
+
+    def __init__(self, uri: str, folder, instance_timeout: float = INSTANCE_TIMEOUT) -> None:
+        self.uri, self.folder, self.instance_timeout = uri, folder, instance_timeout
+        self.name = f"test-{uuid.uuid4().hex[:12]}"
+        video = folder / "clip.mp4"
+        video.write_bytes(random.Random(5).randbytes(100_000))
+        settings = settings_from_dict({"storage": {"backend": "pravega"},
+                                       "pravega": {"controller_uri": uri, "scope": self.name}})
+        item = NewVideo(id="clip", source_path=str(video), name="Clip", mime_type="video/mp4",
+                        duration_seconds=1.0, captions={}, poster=None)
+        ingest_into_pravega(settings, item, lambda done: None)
+        self.instances: list[Instance] = []
+
+    def start(self, name: str) -> Instance:
+        self.instances.append(Instance(self.folder, name, self.uri, self.name, self.instance_timeout).start())
+        return self.instances[-1]
+
+    def presence_stream(self) -> tuple[int, list]:
+        """The head offset of the scope's presence stream, and its records from there, as a replay reads them."""
+        reader = EventReader(stream_manager(self.uri), self.name, PRESENCE_STREAM)
+        head = reader.position
+        records, caught_up = reader.read_new()
+        assert caught_up
+        return head, [decode_record(data) for _, data in records]
+
+
+@pytest.fixture
+def scope(controller_uri, tmp_path):
+    scope = Scope(controller_uri, tmp_path)
+    yield scope
+    for instance in scope.instances:
+        instance.stop()
+    delete_scope(stream_manager(controller_uri), scope.name)
+
+
+async def _has_socket(instance: Instance, socket_id: str) -> bool:
+    return socket_id in (await instance.presence())["sockets"]
+
+
+async def _lacks_socket(instance: Instance, socket_id: str) -> bool:
+    return socket_id not in (await instance.presence())["sockets"]
+
+
+async def _has_watchers(instance: Instance, socket_ids: set[str]) -> bool:
+    watchers = (await instance.presence())["videos"].get("clip", [])
+    return {w["socketId"] for w in watchers} >= socket_ids
+
+
+def _entry(presence: dict, socket_id: str) -> dict:
+    return next(w for w in presence["videos"]["clip"] if w["socketId"] == socket_id)
+
+
+@pytest.mark.pravega
+def test_a_watcher_on_one_instance_shows_on_the_other_and_so_does_its_leaving(scope):
+    async def check():
+        a, b = scope.start("a"), scope.start("b")
+        await asyncio.gather(a.ready(), b.ready())
+        on_b = await Client().connect(b)
+        viewer = await Client().connect(a)
+        await until(lambda: _has_socket(b, viewer.socket_id), 10)
+
+        started = time.monotonic()
+        viewer.send({"type": "watch", "video": "clip"})
+        seen = await on_b.presence_until(watching(viewer.socket_id, "clip"), PROPAGATION)
+        assert time.monotonic() - started < PROPAGATION
+        listed = await b.presence()
+        assert watching(viewer.socket_id, "clip")(listed)
+        assert listed["sockets"][on_b.socket_id] == listed["sockets"][viewer.socket_id] == "127.0.0.1"
+        # The entry names the instance the socket is on, the same on both.
+        on_a = await a.presence()
+        assert _entry(seen, viewer.socket_id) == _entry(listed, viewer.socket_id) == _entry(on_a, viewer.socket_id)
+        assert _entry(on_a, viewer.socket_id)["ipaddress"] == "127.0.0.1"
+        video = await get_json(f"{b.url}/videos/clip")
+        assert viewer.socket_id in [w["socketId"] for w in video["activeUsers"]]
+        assert on_b.socket_id in on_a["sockets"]
+
+        viewer.send({"type": "leave"})
+        await on_b.presence_until(lambda p: "clip" not in p["videos"] and viewer.socket_id in p["sockets"],
+                                  PROPAGATION)
+        viewer.send({"type": "watch", "video": "clip"})
+        await on_b.presence_until(watching(viewer.socket_id, "clip"), PROPAGATION)
+        started = time.monotonic()
+        viewer.conn.close()
+        await on_b.presence_until(lambda p: viewer.socket_id not in p["sockets"], PROPAGATION)
+        assert time.monotonic() - started < PROPAGATION
+
+    asyncio.run(check())
+
+
+@pytest.mark.pravega
+def test_a_killed_instance_expires_and_a_stopped_one_leaves_at_once(scope):
+    async def check():
+        a, b, c = scope.start("a"), scope.start("b"), scope.start("c")
+        await asyncio.gather(a.ready(), b.ready(), c.ready())
+        on_a, on_c = await Client().connect(a), await Client().connect(c)
+        on_a.send({"type": "watch", "video": "clip"})
+        on_c.send({"type": "watch", "video": "clip"})
+        await until(lambda: _has_watchers(b, {on_a.socket_id, on_c.socket_id}), 10)
+
+        a.kill()
+        killed = time.monotonic()
+        await asyncio.sleep(0.5)
+        assert await _has_socket(b, on_a.socket_id), "dropped before its time"
+        await until(lambda: _lacks_socket(b, on_a.socket_id), INSTANCE_TIMEOUT + 2)
+        # Silent since its last heartbeat, at most a third of the timeout before the kill.
+        assert time.monotonic() - killed > INSTANCE_TIMEOUT * 2 / 3 - 0.5
+        assert await _has_socket(b, on_c.socket_id)
+
+        # A clean stop says so: its sockets go at once, not after the timeout.
+        stopped = time.monotonic()
+        c.stop()
+        await until(lambda: _lacks_socket(b, on_c.socket_id), PROPAGATION)
+        assert time.monotonic() - stopped < INSTANCE_TIMEOUT * 2 / 3
+
+    asyncio.run(check())
+
+
+@pytest.mark.pravega
+def test_a_new_instance_learns_the_picture_from_a_stream_kept_short(scope):
+    async def check():
+        a = scope.start("a")
+        await a.ready()
+        on_a = await Client().connect(a)
+        on_a.send({"type": "watch", "video": "clip"})
+        await on_a.presence_until(watching(on_a.socket_id, "clip"), 5)
+        # Past the timeout the stream's head moves on, so a replay reads only the last few seconds.
+        await asyncio.sleep(INSTANCE_TIMEOUT * 2.5)
+        head, records = await asyncio.to_thread(scope.presence_stream)
+        assert head > 0 and len(records) < 4 * 2.5 * 2
+        # What is left holds a snapshot of A with its watcher: enough for a newcomer.
+        assert any(r.type == "snapshot" and r.sockets.get(on_a.socket_id) == SocketState("127.0.0.1", "clip")
+                   for r in records)
+        b = scope.start("b")
+        await b.ready()
+        await until(lambda: _has_watchers(b, {on_a.socket_id}), PROPAGATION)
+
+    asyncio.run(check())
