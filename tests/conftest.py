@@ -9,6 +9,7 @@ scope of its own on the standalone Pravega.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 
@@ -87,7 +88,9 @@ def config(request, tmp_path, sample_videos):
     """The app's settings, over a store already holding ``sample_videos``."""
     if request.param == "filesystem":
         request.getfixturevalue("library")
-        return make_config(tmp_path)
+        yield make_config(tmp_path)
+        return
+    from media.pravega_io import PravegaError, delete_scope, stream_manager
     from media.pravega_store import ingest_into_pravega
 
     uri = request.getfixturevalue("controller_uri")
@@ -95,7 +98,11 @@ def config(request, tmp_path, sample_videos):
                          pravega={"controller_uri": uri, "scope": f"test-{uuid.uuid4().hex[:12]}"})
     for item in sample_videos:
         ingest_into_pravega(config, item, lambda done: None)
-    return config
+    yield config
+    # The standalone keeps every stream in memory until it is deleted; a test
+    # that broke Pravega on purpose may leave nothing to delete.
+    with contextlib.suppress(PravegaError):
+        delete_scope(stream_manager(uri), config.pravega.scope)
 
 
 @pytest.fixture
