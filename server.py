@@ -10,6 +10,8 @@ import sys
 
 import tornado.httpserver
 
+from ops import access_log
+from ops.shutdown import shut_down
 from settings import DEFAULT_CONFIG, ConfigError, Settings, load_settings
 
 log = logging.getLogger("binge.server")
@@ -25,7 +27,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def serve(config: Settings, ready: asyncio.Event | None = None) -> None:
-    """Serves until SIGTERM or SIGINT, then shuts down gracefully."""
+    """Serves until SIGTERM or SIGINT, then shuts down gracefully (see :mod:`ops.shutdown`)."""
     from handlers.app import build_app
 
     app = await build_app(config)
@@ -40,14 +42,13 @@ async def serve(config: Settings, ready: asyncio.Event | None = None) -> None:
         ready.set()
     await stop.wait()
     log.info("shutting down")
-    server.stop()
-    await server.close_all_connections()
-    await app.close()
+    await shut_down(server, app, config.server.shutdown_grace)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    access_log.send_to(sys.stderr)
     overrides = {k: v for k, v in (("server.host", args.host), ("server.port", args.port)) if v is not None}
     try:
         config = load_settings(args.config, overrides)

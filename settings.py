@@ -34,6 +34,10 @@ class ServerSettings:
     trusted_proxies: tuple[str, ...] = ()
     # Seconds in-flight responses get to finish after SIGTERM.
     shutdown_grace: float = 5.0
+    # Seconds a client may take to accept the next piece of a response body
+    # before its connection is closed: a client that stops reading must not
+    # hold a connection and its buffers for ever.
+    stall_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,8 @@ class PresenceSettings:
     # within ping_timeout is closed (Tornado wants timeout <= interval).
     ping_interval: float = 10.0
     ping_timeout: float = 10.0
-    # Changes within this many seconds go out as one broadcast.
+    # Broadcasts are at least this many seconds apart; the changes in
+    # between go out as one.
     coalesce_interval: float = 0.02
     max_message_bytes: int = 4096
     messages_per_second: float = 20.0
@@ -84,12 +89,23 @@ class PeerSettings:
 
 
 @dataclass(frozen=True)
+class LimitsSettings:
+    # Per client address (after server.trusted_proxies): video bodies being
+    # sent at once, and presence websockets open at once. Generous, because
+    # a household or office shares one address and a <video> may overlap
+    # requests; they stop one host from taking every connection.
+    streams_per_ip: int = 64
+    sockets_per_ip: int = 32
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     pravega: PravegaSettings = field(default_factory=PravegaSettings)
     presence: PresenceSettings = field(default_factory=PresenceSettings)
     peer: PeerSettings = field(default_factory=PeerSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
 
 
 BACKENDS = ("filesystem", "pravega")
@@ -175,7 +191,7 @@ def _checked(s: Settings, base_dir: str) -> Settings:
         raise ConfigError(f"server.port: must be between 0 and 65535, not {s.server.port}")
     if s.storage.backend not in BACKENDS:
         raise ConfigError(f"storage.backend: must be one of {', '.join(BACKENDS)}, not {s.storage.backend!r}")
-    for section in ("storage", "pravega", "presence", "server", "peer"):
+    for section in ("storage", "pravega", "presence", "server", "peer", "limits"):
         obj = getattr(s, section)
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)

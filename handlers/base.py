@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import tornado.web
@@ -10,14 +10,14 @@ import ujson
 from tornado.httputil import HTTPServerRequest
 
 from media.store import StoreError
+from ops import access_log
+from ops.limits import Refused
 
 if TYPE_CHECKING:
     from handlers.app import BingeApp
 
-log = logging.getLogger("binge.http")
-
 # Headers a cross-origin <video> or fetch() may read from our responses.
-EXPOSED_HEADERS = "Accept-Ranges, Content-Length, Content-Range, Content-Type, ETag, Last-Modified"
+EXPOSED_HEADERS = "Accept-Ranges, Content-Length, Content-Range, Content-Type, ETag, Last-Modified, Retry-After, X-Request-Id"
 
 
 def client_ip(request: HTTPServerRequest, trusted_proxies: tuple[str, ...]) -> str:
@@ -50,15 +50,27 @@ class BaseHandler(tornado.web.RequestHandler):
 
     A :class:`media.store.StoreError` raised by a handler becomes its status
     (404, 503…) with its message; anything unexpected becomes a 500 with a
-    generic message, logged here with its traceback and never sent.
+    generic message, logged here with its traceback and never sent
+    (:mod:`ops.access_log`). A :class:`ops.limits.Refused` becomes its
+    status with ``Retry-After``. Every response names its request in
+    ``X-Request-Id``, as its access line does.
     """
 
     application: "BingeApp"
+    # Set by handlers that count the body they send themselves (streams).
+    body_bytes: int | None = None
+    # The message of the error answered, for the access line.
+    error_message: str | None = None
+
+    @cached_property
+    def request_id(self) -> str:
+        return access_log.new_request_id()
 
     def set_default_headers(self) -> None:
         self.set_header("Access-Control-Allow-Origin", self.application.config.server.cors_origin)
         self.set_header("Access-Control-Expose-Headers", EXPOSED_HEADERS)
         self.set_header("Server", "Binge+")
+        self.set_header("X-Request-Id", self.request_id)
 
     def options(self, *args: str, **kwargs: str) -> None:
         """A CORS preflight: any of our methods, with the headers a player sends."""
@@ -76,7 +88,7 @@ class BaseHandler(tornado.web.RequestHandler):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, ApiError):
             message = exc.message
-        elif isinstance(exc, StoreError):
+        elif isinstance(exc, (StoreError, Refused)):
             status_code = exc.status
             message = str(exc)
         elif isinstance(exc, tornado.web.HTTPError) and status_code < 500:
@@ -88,16 +100,21 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_header("Cache-Control", "no-store")
         for header in ("Content-Range", "ETag", "Last-Modified", "Accept-Ranges", "Content-Disposition"):
             self.clear_header(header)
+        if isinstance(exc, Refused):
+            self.set_header("Retry-After", exc.retry_after)
+        self.error_message = message
         if self.request.method == "HEAD":
             self.finish()
         else:
             self.finish(ujson.dumps({"error": message, "status": status_code}))
 
     def log_exception(self, typ, value, tb) -> None:
-        if isinstance(value, (ApiError, StoreError)):
-            log.info("%s %s -> %s", self.request.method, self.request.uri, value)
-        else:
+        if isinstance(value, (ApiError, StoreError, Refused)):
+            return  # expected: the access line carries the message
+        if isinstance(value, tornado.web.HTTPError):
             super().log_exception(typ, value, tb)
+        else:
+            access_log.log_error(self, self.client_ip(), (typ, value, tb))
 
     def client_ip(self) -> str:
         return client_ip(self.request, self.application.config.server.trusted_proxies)

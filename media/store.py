@@ -162,6 +162,9 @@ class Store(abc.ABC):
         """Calls ``callback()`` whenever the catalog changes."""
         self._listeners.append(callback)
 
+    def remove_listener(self, callback: Callable[[], None]) -> None:
+        self._listeners.remove(callback)
+
     def _catalog_changed(self) -> None:
         for callback in list(self._listeners):
             callback()
