@@ -1,0 +1,302 @@
+"""Clients that never read: dropped after a bound, the server's memory bounded, everyone else served.
+
+The main test runs a real ``server.py`` on a filesystem library holding a
+64 MiB video, with ``server.stall_timeout`` at 3 s. 200 raw TCP clients ask
+for the whole video and never read; 200 websocket clients finish the
+handshake, each watches the video with a 1 KiB peer URL (presence grows to
+some 250 KiB) and never read, while driver sockets keep presence changing.
+Meanwhile a normal client must get the whole video intact and a normal
+websocket must keep hearing presence; the server's RSS must never grow by
+64 MiB or more, and soon after the stall timeout every stalled connection
+must be gone (the server's open file descriptors back to what they were).
+
+The last test covers the chunked path (the one stores without a local file
+take) in process: a client that stops reading is cut off there too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import ujson
+import yaml
+from tornado.httpclient import AsyncHTTPClient
+from tornado.iostream import IOStream
+from tornado.websocket import websocket_connect
+
+import handlers.stream
+from tests.conftest import make_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MiB = 1024 * 1024
+VIDEO_SIZE = 64 * MiB
+STALLED = 200
+STALL_TIMEOUT = 3.0
+RSS_BUDGET_KIB = 64 * 1024
+PEER_URL = "http://127.0.0.1/" + "p" * 1000
+# Small receive buffers, so that a stalled client stops taking bytes soon.
+CLIENT_RCVBUF = 4096
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def write_video(library: str, video_id: str, size: int) -> bytes:
+    """``size`` random bytes as ``<video_id>.mp4``, with a duration so that nothing probes them."""
+    data = os.urandom(size)
+    with open(os.path.join(library, f"{video_id}.mp4"), "wb") as f:
+        f.write(data)
+    with open(os.path.join(library, f"{video_id}.json"), "w") as f:
+        ujson.dump({"durationSeconds": 60}, f)
+    return data
+
+
+def raw_client(port: int, request: bytes) -> socket.socket:
+    """A blocking socket with a small receive buffer that has sent ``request``."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, CLIENT_RCVBUF)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(request)
+    return sock
+
+
+def stalled_stream(port: int) -> socket.socket:
+    return raw_client(port, b"GET /videos/big/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+
+
+def masked_text_frame(text: str) -> bytes:
+    """A client's websocket text frame (RFC 6455 5.2); the mask is all zeros, which leaves the payload as is."""
+    payload = text.encode()
+    assert 126 <= len(payload) < 1 << 16
+    return bytes([0x81, 0x80 | 126]) + len(payload).to_bytes(2, "big") + b"\0\0\0\0" + payload
+
+
+def stalled_websocket(port: int) -> socket.socket:
+    """A presence websocket that watches the video with a long peer URL, then never reads again."""
+    sock = raw_client(port, (
+        "GET /presence HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode())
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 101"), answer[:200]
+    sock.sendall(masked_text_frame(ujson.dumps({"type": "watch", "video": "big", "peer": PEER_URL},
+                                                escape_forward_slashes=False)))
+    return sock
+
+
+class PeakRss(threading.Thread):
+    """Samples a process's RSS every 50 ms until stopped."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.peak, self.running = pid, 0, True
+
+    def run(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, rss_kib(self.pid))
+            time.sleep(0.05)
+
+
+async def get_whole_video(port: int) -> bytes:
+    """The video's body over a plain HTTP/1.1 connection, read as fast as it comes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET /videos/big/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))
+        return await reader.readexactly(length)
+    finally:
+        writer.close()
+
+
+class Listener:
+    """A normal presence websocket: takes every message as it comes and notes when it came."""
+
+    def __init__(self) -> None:
+        self.arrivals: list[float] = []
+        self.version = 0
+
+    def on_message(self, message: str | None) -> None:
+        if message is None:
+            return
+        parsed = ujson.loads(message)
+        if parsed["type"] == "presence":
+            self.arrivals.append(time.monotonic())
+            self.version = parsed["version"]
+
+    def longest_gap(self, since: float) -> float:
+        times = [since] + [t for t in self.arrivals if t >= since] + [time.monotonic()]
+        return max(b - a for a, b in zip(times, times[1:]))
+
+
+async def drive(port: int, stop: asyncio.Event, drivers: int = 4) -> None:
+    """Keeps presence changing: each driver socket switches between watching and not, 10 times a second."""
+    conns = [await websocket_connect(f"ws://127.0.0.1:{port}/presence") for _ in range(drivers)]
+    try:
+        watching = False
+        while not stop.is_set():
+            watching = not watching
+            message = ujson.dumps({"type": "watch", "video": "big"} if watching else {"type": "leave"})
+            for conn in conns:
+                await conn.write_message(message)
+            await asyncio.sleep(0.1)
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+@pytest.fixture
+def server(tmp_path):
+    """``(process, port, video bytes)``: server.py on a library holding the 64 MiB video ``big``."""
+    library = tmp_path / "library"
+    library.mkdir()
+    video = write_video(str(library), "big", VIDEO_SIZE)
+    port = free_port()
+    config = {
+        "server": {"host": "127.0.0.1", "port": port, "stall_timeout": STALL_TIMEOUT, "shutdown_grace": 1},
+        "storage": {"library": str(library), "cache_dir": str(tmp_path / "cache")},
+        # The drivers change presence faster than a person would; every client is 127.0.0.1.
+        "limits": {"streams_per_ip": 4 * STALLED, "sockets_per_ip": 4 * STALLED},
+    }
+    with open(tmp_path / "config.yaml", "w") as f:
+        yaml.safe_dump(config, f)
+    with open(tmp_path / "server.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "server.py"), "--config",
+                                 str(tmp_path / "config.yaml"), "--log-level", "WARNING"],
+                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "server.py did not start listening"
+                time.sleep(0.1)
+        yield proc, port, video
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_stalled_clients_are_dropped_and_cost_bounded_memory(server):
+    proc, port, video = server
+    expected = hashlib.sha256(video).digest()
+    stalled: list[socket.socket] = []
+    peak = PeakRss(proc.pid)
+
+    async def scenario() -> None:
+        # Warm up what the first request of each kind builds, so it is in the baseline.
+        assert hashlib.sha256(await get_whole_video(port)).digest() == expected
+        listener = Listener()
+        conn = await websocket_connect(f"ws://127.0.0.1:{port}/presence", on_message_callback=listener.on_message)
+        await asyncio.sleep(0.5)
+        rss_before, fds_before = rss_kib(proc.pid), open_fds(proc.pid)
+
+        peak.start()
+        stop = asyncio.Event()
+        driving = asyncio.ensure_future(drive(port, stop))
+        started = time.monotonic()
+        for _ in range(STALLED):
+            stalled.append(stalled_stream(port))
+        for _ in range(STALLED):
+            stalled.append(stalled_websocket(port))
+        assert open_fds(proc.pid) >= fds_before + 2 * STALLED
+
+        # Everyone else is served meanwhile.
+        body = await get_whole_video(port)
+        assert len(body) == VIDEO_SIZE and hashlib.sha256(body).digest() == expected
+        del body
+
+        # Then the stalled connections go: streams after stall_timeout,
+        # websockets once their backlog passes presence.max_pending_bytes.
+        deadline = started + STALL_TIMEOUT + 20
+        while open_fds(proc.pid) > fds_before + 4:  # the drivers' sockets
+            assert time.monotonic() < deadline, (
+                f"{open_fds(proc.pid) - fds_before} connections still open "
+                f"{time.monotonic() - started:.1f} s after the stalled clients came")
+            await asyncio.sleep(0.25)
+        dropped_after = time.monotonic() - started
+        assert listener.longest_gap(started) < 2.0, "the normal websocket stopped hearing presence"
+        stop.set()
+        await driving
+        peak.running = False
+        peak.join()
+        rss_after = rss_kib(proc.pid)
+        growth_peak, growth_after = peak.peak - rss_before, rss_after - rss_before
+        print(f"stalled connections gone {dropped_after:.1f} s after they came; RSS {rss_before / 1024:.1f} MiB "
+              f"before, +{growth_peak / 1024:.1f} MiB at peak, +{growth_after / 1024:.1f} MiB after")
+        assert growth_peak < RSS_BUDGET_KIB and growth_after < RSS_BUDGET_KIB
+
+        # The normal websocket is in step with presence once the changes stop.
+        final = ujson.loads((await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/presence")).body)["version"]
+        for _ in range(50):
+            if listener.version == final:
+                break
+            await asyncio.sleep(0.1)
+        assert listener.version == final
+        conn.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(scenario(), 90))
+    finally:
+        peak.running = False
+        for sock in stalled:
+            sock.close()
+
+
+CHUNKED_STALL_TIMEOUT = 0.5
+
+
+@pytest.fixture
+def config(tmp_path, library):
+    write_video(str(library), "big", 8 * MiB)
+    return make_config(tmp_path, server={"stall_timeout": CHUNKED_STALL_TIMEOUT})
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_chunked_path_drops_a_client_that_stops_reading(http_server, http_port, monkeypatch):
+    # Over TLS the body goes out in chunks, as from a store without local
+    # files: here every connection passes for a TLS one.
+    monkeypatch.setattr(handlers.stream, "SSLIOStream", IOStream)
+    sock = stalled_stream(http_port)
+    sock.setblocking(False)
+    await asyncio.sleep(CHUNKED_STALL_TIMEOUT + 1)
+    loop = asyncio.get_running_loop()
+    received = 0
+    # Cut off, the connection ends once its buffered bytes are read; still
+    # open, the rest of the body would come and then the connection would
+    # wait for the next request.
+    while chunk := await asyncio.wait_for(loop.sock_recv(sock, 65536), 2):
+        received += len(chunk)
+    sock.close()
+    assert 0 < received < 8 * MiB
