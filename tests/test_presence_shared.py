@@ -370,7 +370,9 @@ def test_a_watcher_on_one_instance_shows_on_the_other_and_so_does_its_leaving(sc
         await asyncio.gather(a.ready(), b.ready())
         on_b = await Client().connect(b)
         viewer = await Client().connect(a)
+        # Both instances know both sockets before the timed part starts.
         await until(lambda: _has_socket(b, viewer.socket_id), 10)
+        await until(lambda: _has_socket(a, on_b.socket_id), 10)
 
         started = time.monotonic()
         viewer.send({"type": "watch", "video": "clip"})
