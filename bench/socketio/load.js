@@ -10,6 +10,8 @@
 // websocket transport by hand (open, "40" connect, "42" events, ping/pong),
 // which is what socket.io-client sends on that transport, minus its JSON
 // parse of every packet: both kinds of client only scan the bytes they get.
+// Before the load, one real socket.io-client watches a video and must see
+// itself in presence: the server speaks socket.io as the original app did.
 //
 // The clients connect in batches, each watches a video, then one more
 // client, the driver, makes changes: it watches with a peer URL ending in a
@@ -38,7 +40,7 @@ const { values: args } = parseArgs({
     rates: { type: "string", default: "10,20,50,100,200,500,1000,2000" },
     "step-seconds": { type: "string", default: "3" },
     "min-changes": { type: "string", default: "100" },
-    "max-changes": { type: "string", default: "2000" },
+    "max-changes": { type: "string", default: "30000" },
     "max-latency-ms": { type: "string", default: "100" },
     "server-pid": { type: "string" },
     query: { type: "string", default: "" },
@@ -152,6 +154,27 @@ class SocketIoClient extends Tracker {
 
 const Client = { binge: BingeClient, socketio: SocketIoClient }[args.server];
 
+/** Resolves once a socket.io-client has joined, watched and seen itself watching; rejects after 10 s. */
+function checkWithSocketIoClient() {
+  const { io } = require("socket.io-client");
+  const socket = io(args.url.replace(/^ws/, "http"), { transports: ["websocket"], forceNew: true });
+  return new Promise((resolve, reject) => {
+    const timeout = setTimeout(() => reject(new Error("socket.io-client never saw itself watching")), 10_000);
+    let id = null;
+    socket.on("welcome", ({ socketId }) => {
+      id = socketId;
+      socket.emit("watch", { video: VIDEOS[0] });
+    });
+    socket.on("presence", ({ presence }) => {
+      if ((presence.videos[VIDEOS[0]] ?? []).some((entry) => entry.socketId === id)) {
+        clearTimeout(timeout);
+        socket.disconnect();
+        resolve();
+      }
+    });
+  });
+}
+
 /** User and system CPU seconds of a process, from /proc. */
 function cpuSeconds(pid) {
   const fields = fs.readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
@@ -243,6 +266,7 @@ async function step(driver, clients, rate) {
 }
 
 async function main() {
+  if (args.server === "socketio") await checkWithSocketIoClient();
   const started = performance.now();
   const clients = [];
   for (let i = 0; i < CLIENTS; i += BATCH) {
