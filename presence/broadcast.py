@@ -38,7 +38,6 @@ import asyncio
 import functools
 import gc
 import time
-from functools import partial
 from typing import Awaitable, Callable, Protocol
 
 import ujson
@@ -160,7 +159,7 @@ class Broadcaster:
             self._written(client, 0, future)
             return
         self._pending[client] = pending + len(data)
-        future.add_done_callback(partial(self._written, client, len(data)))
+        future.add_done_callback(functools.partial(self._written, client, len(data)))
 
     def _written(self, client: Client, size: int, future: asyncio.Future) -> None:
         # Asking for the exception also keeps asyncio from logging it as never retrieved.
