@@ -43,7 +43,7 @@ import tempfile
 import time
 import uuid
 
-from stream_http import FILE_SIZE, RANGE, WRK_SCRIPT, free_port, wait_until_up, wrk
+from stream_http import FILE_SIZE, RANGE, WRK_SCRIPT, wait_until_up, wrk
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -52,6 +52,7 @@ from media.pravega_io import delete_scope, stream_manager  # noqa: E402
 from media.pravega_store import ingest_into_pravega  # noqa: E402
 from media.store import NewVideo  # noqa: E402
 from settings import settings_from_dict  # noqa: E402
+from tests.loopback import free_port, stop_process  # noqa: E402
 
 LAG_LIMIT_MS = 50.0
 
@@ -240,11 +241,7 @@ def main() -> None:
               f"{running:.1f} ms of it running (limit {LAG_LIMIT_MS:.0f} ms)")
     finally:
         if server is not None:
-            server.terminate()
-            try:
-                server.wait(10)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            stop_process(server)
         if pravega_env is not None:
             subprocess.run([os.path.join(ROOT, "scripts", "pravega"), "stop"], env=pravega_env, capture_output=True)
         elif uri is not None:

@@ -22,7 +22,6 @@ import argparse
 import math
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -32,16 +31,14 @@ import time
 import ujson
 import yaml
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tests.loopback import free_port, stop_process  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NODE_DIR = os.path.join(ROOT, "bench", "socketio")
 VIDEOS = ["v0", "v1", "v2", "v3"]
 TARGET_MS = 100.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
@@ -115,12 +112,7 @@ def run_load(name: str, work: str, args: argparse.Namespace) -> list[dict]:
             raise SystemExit(f"load against {label} failed:\n{out.stderr}")
         records = [ujson.loads(line) for line in out.stdout.splitlines()]
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_process(server)
     for r in records:
         if r["event"] == "connected":
             print(f"  {label}: {r['clients']} clients joined in {r['connectSeconds']:.1f} s, "

@@ -17,14 +17,16 @@ import argparse
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tests.loopback import PeakRss, free_port, rss_kib, stop_process  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILE_SIZE = 256 * 1024 * 1024
@@ -77,12 +79,6 @@ http {
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -94,24 +90,6 @@ def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 30) -> None
         except OSError:
             time.sleep(0.2)
     raise SystemExit(f"{url} did not come up")
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
-
-
-class PeakRss(threading.Thread):
-    """Samples a process's RSS every 50 ms while a load runs."""
-
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.pid, self.peak, self.running = pid, 0, True
-
-    def run(self) -> None:
-        while self.running:
-            self.peak = max(self.peak, rss_kib(self.pid))
-            time.sleep(0.05)
 
 
 def wrk(url: str, script: str, seconds: int, connections: int) -> float:
@@ -194,12 +172,7 @@ def main() -> None:
         print(f"  Binge+ RSS: {rss_before / 1024:.1f} MiB before, {max(peak.peak, rss_before) / 1024:.1f} MiB at peak")
     finally:
         for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_process(proc)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import http.server
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +22,8 @@ from typing import Iterator
 
 import pytest
 import yaml
+
+from tests.loopback import free_port, stop_process
 
 REPO = Path(__file__).resolve().parent.parent
 SCREENSHOTS = REPO / "test-output" / "screenshots"
@@ -56,12 +56,6 @@ def launch_chromium(playwright):
     return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def running_server(library: Path, workdir: Path, port: int | None = None, **sections: dict) -> Iterator[str]:
     """Runs ``server.py`` over ``library`` on a loopback port; yields its base URL.
@@ -90,12 +84,7 @@ def running_server(library: Path, workdir: Path, port: int | None = None, **sect
         _wait_until_serving(process, base_url, log_path)
         yield base_url
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def _wait_until_serving(process: subprocess.Popen, base_url: str, log_path: Path) -> None:

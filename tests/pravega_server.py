@@ -12,6 +12,8 @@ import subprocess
 
 import pytest
 
+from tests.loopback import free_ports
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "pravega")
 def port_open(port: int) -> bool:
@@ -43,17 +45,6 @@ def shared_controller():
     yield f"tcp://127.0.0.1:{port}"
     if started:
         run_script("stop")
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 class PrivatePravega:

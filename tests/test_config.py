@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ import pytest
 import ujson
 
 from settings import ConfigError, load_settings, settings_from_dict
+from tests.loopback import free_port
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 
@@ -74,12 +74,6 @@ def test_server_reports_missing_library(tmp_path):
     (tmp_path / "c.yaml").write_text("storage:\n  library: nowhere\n")
     result = run_server("--config", str(tmp_path / "c.yaml"))
     assert (result.returncode, result.stderr) == (2, f"config error: storage.library: folder not found: {tmp_path / 'nowhere'}\n")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_server_runs_and_stops_on_sigterm(tmp_path, library):

@@ -30,7 +30,8 @@ from presence.pravega_link import PRESENCE_STREAM
 from presence.shared import RemoteInstances, change_record, decode_record, gone_record, snapshot_record
 from presence.state import Change, Presence, SocketState
 from settings import settings_from_dict
-from tests.pravega_server import ROOT, free_ports
+from tests.loopback import free_port
+from tests.pravega_server import ROOT
 
 # ---------------------------------------------------------------- the merge, no Pravega
 
@@ -211,7 +212,7 @@ class Instance:
 
     def __init__(self, folder, name: str, uri: str, scope: str, instance_timeout: float) -> None:
         self.name = name
-        (port,) = free_ports(1)
+        port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = folder / f"{name}.log"
         self.config_path = folder / f"{name}.yaml"

@@ -23,7 +23,6 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -35,6 +34,7 @@ from tornado.websocket import websocket_connect
 
 import handlers.stream
 from tests.conftest import make_config
+from tests.loopback import PeakRss, free_port, open_fds, rss_kib, stop_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MiB = 1024 * 1024
@@ -45,21 +45,6 @@ RSS_BUDGET_KIB = 64 * 1024
 PEER_URL = "http://127.0.0.1/" + "p" * 1000
 # Small receive buffers, so that a stalled client stops taking bytes soon.
 CLIENT_RCVBUF = 4096
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
-
-
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def write_video(library: str, video_id: str, size: int) -> bytes:
@@ -105,19 +90,6 @@ def stalled_websocket(port: int) -> socket.socket:
     sock.sendall(masked_text_frame(ujson.dumps({"type": "watch", "video": "big", "peer": PEER_URL},
                                                 escape_forward_slashes=False)))
     return sock
-
-
-class PeakRss(threading.Thread):
-    """Samples a process's RSS every 50 ms until stopped."""
-
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.pid, self.peak, self.running = pid, 0, True
-
-    def run(self) -> None:
-        while self.running:
-            self.peak = max(self.peak, rss_kib(self.pid))
-            time.sleep(0.05)
 
 
 async def get_whole_video(port: int) -> bytes:
@@ -202,12 +174,7 @@ def server(tmp_path):
                 time.sleep(0.1)
         yield proc, port, video
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def test_stalled_clients_are_dropped_and_cost_bounded_memory(server):

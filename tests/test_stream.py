@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import random
 import socket
 import struct
@@ -13,6 +12,7 @@ import pytest
 import ujson
 
 from tests.conftest import read_bytes
+from tests.loopback import open_fds
 
 
 # pytest-tornado asks for ``app`` by name at run time, too late to parametrize;
@@ -161,10 +161,6 @@ async def test_cors_preflight(http_client, base_url):
     assert r.code == 204
     assert "Range" in r.headers["Access-Control-Allow-Headers"]
     assert r.headers["Access-Control-Allow-Origin"] == "*"
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 @pytest.fixture(scope="session")
