@@ -26,6 +26,7 @@ import tempfile
 from typing import TYPE_CHECKING, Callable, Protocol
 
 from captions.convert import CaptionError, to_vtt
+from media.single_flight import SingleFlight
 
 if TYPE_CHECKING:
     from media.store import CaptionTrack, VideoRecord
@@ -61,7 +62,7 @@ class CaptionCache:
         self._convert = convert
         # key -> (entry path, WebVTT text or the error the source gave)
         self._memory: collections.OrderedDict[str, tuple[str, str | CaptionError]] = collections.OrderedDict()
-        self._pending: dict[str, asyncio.Future[str]] = {}
+        self._converting: SingleFlight[str] = SingleFlight()
 
     async def vtt(self, store: CaptionSource, video: VideoRecord, track: CaptionTrack) -> str:
         """The WebVTT text of ``video``'s ``track``, read from ``store``.
@@ -85,14 +86,7 @@ class CaptionCache:
         if remembered is not None and remembered[0] == path:
             self._memory.move_to_end(key)
             return _result(remembered[1])
-        future = self._pending.get(path)
-        if future is None:
-            future = asyncio.ensure_future(self._load(key, path, data, fmt))
-            self._pending[path] = future
-            future.add_done_callback(lambda _: self._pending.pop(path, None))
-        # One waiter giving up (a closed connection) must not cancel the
-        # conversion the others share.
-        return await asyncio.shield(future)
+        return await self._converting.run(path, lambda: self._load(key, path, data, fmt))
 
     def _path(self, key: str, version: str, fmt: str) -> str:
         track = _digest(key)

@@ -21,6 +21,7 @@ import os
 
 import ujson
 
+from media.single_flight import SingleFlight
 from media.store import Store, StoreError, VideoRecord
 from peers.manifest import Manifest, compute_manifest
 
@@ -38,7 +39,7 @@ class ManifestCache:
         self.folder = os.path.join(cache_dir, "manifests")
         self.piece_size = piece_size
         self._known: dict[str, Manifest] = {}
-        self._computing: dict[tuple[str, str], asyncio.Future] = {}
+        self._computing: SingleFlight[Manifest] = SingleFlight()
         self._precompute_task: asyncio.Task | None = None
         self._precompute_soon: asyncio.TimerHandle | None = None
         self._catalog_dirty = False
@@ -54,7 +55,7 @@ class ManifestCache:
         if self._precompute_soon is not None:
             self._precompute_soon.cancel()
             self._precompute_soon = None
-        pending = [f for f in (self._precompute_task, *self._computing.values()) if f is not None and not f.done()]
+        pending = [f for f in (self._precompute_task, *self._computing.in_flight()) if f is not None and not f.done()]
         for future in pending:
             future.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
@@ -63,11 +64,7 @@ class ManifestCache:
         known = self._known.get(video.id)
         if known is not None and known.etag == video.etag and known.piece_size == self.piece_size:
             return known
-        key = (video.id, video.etag)
-        if key not in self._computing:
-            self._computing[key] = asyncio.ensure_future(self._load_or_compute(video))
-            self._computing[key].add_done_callback(lambda _: self._computing.pop(key, None))
-        return await asyncio.shield(self._computing[key])
+        return await self._computing.run((video.id, video.etag), lambda: self._load_or_compute(video))
 
     async def _load_or_compute(self, video: VideoRecord) -> Manifest:
         loop = asyncio.get_running_loop()

@@ -30,6 +30,7 @@ import os
 from typing import AsyncIterator, Callable
 from urllib.parse import quote
 
+from media.single_flight import SingleFlight
 from media.store import NotFound, Store, Unavailable, VideoRecord
 from peers.announce import Announcer
 from peers.catalog import UpstreamCatalog
@@ -70,7 +71,7 @@ class PeerNodeStore(Store):
         self.on_bad_piece: Callable[[str], None] = lambda source: None
         self._storages: dict[str, PieceStorage] = {}
         self._sessions: dict[str, VideoSession] = {}
-        self._opening: dict[tuple[str, str], asyncio.Future] = {}
+        self._opening: SingleFlight[VideoSession] = SingleFlight()
         self._follow_task: asyncio.Task | None = None
         self._announcer: Announcer | None = None
 
@@ -120,11 +121,7 @@ class PeerNodeStore(Store):
         current = self._sessions.get(video.id)
         if current is not None and current.manifest.etag == video.etag:
             return current
-        key = (video.id, video.etag)
-        if key not in self._opening:
-            self._opening[key] = asyncio.ensure_future(self._open(video))
-            self._opening[key].add_done_callback(lambda _: self._opening.pop(key, None))
-        return await asyncio.shield(self._opening[key])
+        return await self._opening.run((video.id, video.etag), lambda: self._open(video))
 
     async def _open(self, video: VideoRecord) -> VideoSession:
         storage = self.pieces(video.id)
