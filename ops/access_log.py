@@ -49,6 +49,9 @@ def route(handler: tornado.web.RequestHandler) -> str:
 def log_request(handler: tornado.web.RequestHandler, ip: str) -> None:
     """Writes the access line of a finished request."""
     status = handler.get_status()
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    if not ACCESS.isEnabledFor(level):
+        return  # built for every request otherwise, on the streaming hot path
     entry = {
         **_request_fields(handler, ip),
         "status": status,
@@ -59,7 +62,6 @@ def log_request(handler: tornado.web.RequestHandler, ip: str) -> None:
     error = getattr(handler, "error_message", None)
     if error is not None:
         entry["error"] = error
-    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
     ACCESS.log(level, _dumps(entry))
 
 
