@@ -155,6 +155,11 @@ def server(tmp_path):
         "storage": {"library": str(library), "cache_dir": str(tmp_path / "cache")},
         # The drivers change presence faster than a person would; every client is 127.0.0.1.
         "limits": {"streams_per_ip": 4 * STALLED, "sockets_per_ip": 4 * STALLED},
+        # A stalled websocket is dropped by back-pressure while presence
+        # changes, and by the ping timeout once it goes quiet; at the default
+        # 10 s + 10 s that second path alone nearly fills the test's deadline
+        # on a busy machine.
+        "presence": {"ping_interval": 4, "ping_timeout": 4},
     }
     with open(tmp_path / "config.yaml", "w") as f:
         yaml.safe_dump(config, f)
