@@ -300,6 +300,85 @@ def test_watchers_come_and_go_within_two_seconds(server, viewers):
     assert appeared <= PRESENCE_LIMIT_S and gone <= PRESENCE_LIMIT_S
 
 
+def presence_messages(page) -> list[dict]:
+    """Collects, from now on, every message the page's presence sockets receive, decoded, in order."""
+    received: list[dict] = []
+
+    def follow(socket) -> None:
+        if "/presence" in socket.url:
+            socket.on("framereceived", lambda payload: received.append(ujson.loads(payload)))
+
+    page.on("websocket", follow)
+    return received
+
+
+@pytest.mark.browser
+def test_watch_page_follows_presence_by_changes(server, viewers):
+    """After one whole presence, a viewer arriving and leaving reach the page as changes only."""
+    first = viewers()
+    received = presence_messages(first.page)
+    open_watch_page(first.page, server, "alpha")
+    me = socket_id(first.page)
+    first.page.wait_for_selector(f'.watcher.me[data-socket-id="{me}"]')
+
+    second = viewers()
+    second.page.goto(f"{server}/watch/alpha")
+    other = socket_id(second.page)
+    first.page.wait_for_selector(f'.watcher[data-socket-id="{other}"]', timeout=PRESENCE_LIMIT_S * 1000)
+    assert first.page.locator("[data-watcher-count]").inner_text() == "2"
+    second.close()
+    first.page.wait_for_selector(f'.watcher[data-socket-id="{other}"]', state="detached",
+                                 timeout=PRESENCE_LIMIT_S * 1000)
+    assert first.page.locator("[data-watcher-count]").inner_text() == "1"
+
+    kinds = [m["type"] for m in received]
+    assert kinds[:2] == ["welcome", "presence"] and set(kinds[2:]) == {"changes"}, kinds
+    changes = [c for m in received[2:] for c in m["changes"]]
+    assert {"socketId": other, "ipaddress": "127.0.0.1", "video": "alpha"} in changes
+    assert changes[-1] == {"socketId": other, "gone": True}
+
+
+@pytest.mark.browser
+def test_a_missed_change_makes_the_page_start_over_from_a_snapshot(server, viewers):
+    """The changes message with a new watcher is lost: the page notices at the next one and reconnects.
+
+    Applied as they come, the later changes would leave that watcher out of the list for good.
+    """
+    first = viewers()
+    state = {"drop": False, "sockets": 0}
+
+    def lose_one_arrival(page_socket) -> None:
+        state["sockets"] += 1
+        to_server = page_socket.connect_to_server()
+
+        def relay(message) -> None:
+            changes = ujson.loads(message).get("changes", [])
+            if state["drop"] and any(c.get("video") == "alpha" for c in changes):
+                state["drop"] = False
+                return
+            page_socket.send(message)
+
+        to_server.on_message(relay)
+
+    first.page.route_web_socket(re.compile(r"/presence\?changes=1$"), lose_one_arrival)
+    open_watch_page(first.page, server, "alpha")
+    me = socket_id(first.page)
+    first.page.wait_for_selector(f'.watcher.me[data-socket-id="{me}"]')
+
+    state["drop"] = True
+    second = viewers()
+    second.page.goto(f"{server}/watch/alpha")
+    other = socket_id(second.page)
+    # The next change shows the gap.
+    viewers().page.goto(server + "/")
+    first.page.wait_for_selector(f'.watcher[data-socket-id="{other}"]', timeout=5000)
+    assert not state["drop"] and state["sockets"] == 2
+    # The page came back as a new socket, and lists exactly the two viewers.
+    assert socket_id(first.page) != me
+    assert first.page.locator("[data-watcher-count]").inner_text() == "2"
+    assert first.page.locator(".watcher").count() == 2
+
+
 @pytest.mark.browser
 def test_sources_panel_hidden_on_origin_and_sums_a_nodes_figures(server, viewers):
     origin_view = viewers().page
