@@ -57,13 +57,18 @@ class StoredVideo:
     captions: dict[str, Extent]
 
 
-def stream_prefix(video_id: str) -> str:
-    """The start of the names of every stream written for ``video_id``.
+def id_for_stream_names(video_id: str) -> str:
+    """``video_id`` as it goes into stream names.
 
     Stream names allow only letters, digits, '.' and '-', and ids may hold
     '_', so the id goes in as a hash.
     """
-    return f"{_VIDEO_STREAM_PREFIX}{hashlib.sha256(video_id.encode()).hexdigest()[:24]}-"
+    return hashlib.sha256(video_id.encode()).hexdigest()[:24]
+
+
+def stream_prefix(video_id: str) -> str:
+    """The start of the names of every stream written for ``video_id``."""
+    return f"{_VIDEO_STREAM_PREFIX}{id_for_stream_names(video_id)}-"
 
 
 def video_stream_name(video_id: str, write_id: str) -> str:

@@ -1,5 +1,8 @@
 """The server's side of its Pravega worker processes (see :mod:`media.pravega_worker`).
 
+:class:`ReaderPool` reads byte ranges of streams; :class:`EventAppender`
+creates event streams and appends to them.
+
 Each worker is a child process joined to the server by a socket pair that
 the event loop watches, so waiting on Pravega never blocks the loop. A reply
 to a read lands straight in the buffer of the read that asked for it, and a
@@ -35,6 +38,8 @@ log = logging.getLogger("binge.store")
 # The repository root, so ``python -m media.pravega_worker`` finds this package
 # whether or not it is installed.
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Bytes of requests a worker may leave untaken before it counts as stuck: a few pieces to append.
+MAX_QUEUED = 64 * 1024 * 1024
 
 
 class Worker:
@@ -78,6 +83,7 @@ class Worker:
             theirs.close()
         self.sock = ours
         self.sock.setblocking(False)
+        self._outgoing = bytearray()
         self._header = bytearray(proto.HEADER.size)
         self._got = 0
         self._frame: tuple[int, int, memoryview] | None = None
@@ -85,20 +91,40 @@ class Worker:
         self._loop.add_reader(self.sock.fileno(), self._on_readable)
 
     def send(self, kind: int, tag: int, payload: bytes = b"") -> None:
-        """Queues a request without blocking; a worker whose socket is full is stuck and is killed."""
+        """Queues a request without blocking; a worker that leaves ``MAX_QUEUED`` bytes untaken is stuck and is killed."""
         if self.dead:
             raise Unavailable(f"the Pravega {self.role} worker is gone")
         frame = proto.HEADER.pack(kind, tag, len(payload)) + payload
-        try:
-            sent = self.sock.send(frame)
-        except BlockingIOError:
-            sent = 0
-        except OSError as e:
-            self.kill(f"cannot send to it: {e}")
-            raise Unavailable(f"the Pravega {self.role} worker is gone") from None
-        if sent != len(frame):
+        if self._outgoing:
+            self._outgoing += frame
+        else:
+            try:
+                sent = self.sock.send(frame)
+            except BlockingIOError:
+                sent = 0
+            except OSError as e:
+                self.kill(f"cannot send to it: {e}")
+                raise Unavailable(f"the Pravega {self.role} worker is gone") from None
+            if sent == len(frame):
+                return
+            # A piece to append outgrows the socket's buffer: the rest goes as the worker takes it.
+            self._outgoing = bytearray(memoryview(frame)[sent:])
+            self._loop.add_writer(self.sock.fileno(), self._on_writable)
+        if len(self._outgoing) > MAX_QUEUED:
             self.kill("it stopped taking requests")
             raise Unavailable(f"the Pravega {self.role} worker is stuck")
+
+    def _on_writable(self) -> None:
+        try:
+            sent = self.sock.send(self._outgoing)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            self.kill(f"cannot send to it: {e}")
+            return
+        del self._outgoing[:sent]
+        if not self._outgoing:
+            self._loop.remove_writer(self.sock.fileno())
 
     async def finish(self, grace: float, reason: str) -> None:
         """Closes our sending side, which a worker takes as the end once it has acted on what came before.
@@ -108,8 +134,10 @@ class Worker:
         if self.dead:
             return
         try:
-            self.sock.shutdown(socket.SHUT_WR)
             async with asyncio.timeout(grace):
+                while self._outgoing and not self.dead:
+                    await asyncio.sleep(0.01)  # rare: only requests bigger than the socket's buffer queue
+                self.sock.shutdown(socket.SHUT_WR)
                 await self._gone.wait()
         except (OSError, TimeoutError):
             pass
@@ -121,6 +149,7 @@ class Worker:
         self.dead = True
         self._gone.set()
         self._loop.remove_reader(self.sock.fileno())
+        self._loop.remove_writer(self.sock.fileno())
         self.sock.close()
         self.process.kill()
         # Reaping a SIGKILLed child takes a moment at most.
@@ -177,51 +206,58 @@ class Worker:
 @dataclass
 class _Pending:
     future: asyncio.Future
-    into: memoryview
+    into: memoryview | None
 
 
-class _ReaderSlot:
-    """A place for one reader worker; the process in it is replaced when it dies or hangs."""
+class WorkerSlot:
+    """A place for one worker process answering requests; the process in it is replaced when it dies or hangs.
+
+    A request is answered with DATA (its payload lands in the request's
+    ``into`` buffer when it gives one) or ERROR; one not answered within
+    ``pravega.timeout`` kills the worker, and so fails every request
+    waiting on it.
+    """
 
     _tags = itertools.count(1)
 
-    def __init__(self, settings: PravegaSettings) -> None:
+    def __init__(self, role: str, settings: PravegaSettings) -> None:
+        self.role = role
         self.settings = settings
         self.worker: Worker | None = None
         self.pending: dict[int, _Pending] = {}
+        # Reads in progress on this worker (see ReadSession), which spread reads over a pool.
         self.sessions = 0
 
     def ensure_worker(self) -> Worker:
         if self.worker is None or self.worker.dead:
-            self.worker = Worker("reader", self.settings, self._on_frame, self._on_exit, self._target_for)
+            self.worker = Worker(self.role, self.settings, self._on_frame, self._on_exit, self._target_for)
         return self.worker
 
-    async def read(self, reader: str, stream: str, offset: int, into: memoryview) -> None:
+    async def request(self, kind: int, payload: bytes, what: str, into: memoryview | None = None) -> memoryview:
+        """Sends one request and returns the DATA it is answered with; ``what`` names it in errors."""
         worker = self.ensure_worker()
         tag = next(self._tags)
         future = asyncio.get_running_loop().create_future()
         self.pending[tag] = _Pending(future, into)
-        request = {"reader": reader, "stream": stream, "offset": offset, "length": len(into)}
         try:
-            worker.send(proto.READ, tag, ujson.dumps(request).encode())
+            worker.send(kind, tag, payload)
         except Unavailable:
             self.pending.pop(tag, None)
             raise
         try:
             async with asyncio.timeout(self.settings.timeout):
-                await future
+                return await future
         except TimeoutError:
             worker.kill(f"no answer in {self.settings.timeout:g}s")
-            raise Unavailable(
-                f"Pravega did not answer a read of {stream!r} within {self.settings.timeout:g}s"
-            ) from None
+            raise Unavailable(f"Pravega did not answer {what} within {self.settings.timeout:g}s") from None
 
-    def release(self, reader: str) -> None:
+    def tell(self, kind: int, payload: bytes) -> None:
+        """Sends a request that is not answered, if the worker is there to take it."""
         if self.worker is not None and not self.worker.dead:
             try:
-                self.worker.send(proto.RELEASE, 0, ujson.dumps({"reader": reader}).encode())
+                self.worker.send(kind, 0, payload)
             except Unavailable:
-                pass  # the worker was stuck and is gone, and the reader with it
+                pass  # the worker was stuck and is gone, and what the request was about with it
 
     def close(self) -> None:
         if self.worker is not None:
@@ -229,16 +265,16 @@ class _ReaderSlot:
 
     def _target_for(self, kind: int, tag: int, length: int) -> memoryview:
         pending = self.pending.get(tag)
-        if kind == proto.DATA and pending is not None:
+        if kind == proto.DATA and pending is not None and pending.into is not None:
             return pending.into
         return memoryview(bytearray(length))
 
     def _on_frame(self, kind: int, tag: int, payload: memoryview) -> None:
         pending = self.pending.pop(tag, None)
         if pending is None or pending.future.done():
-            return  # its read was abandoned
+            return  # its request was abandoned
         if kind == proto.DATA:
-            pending.future.set_result(None)
+            pending.future.set_result(payload)
         elif kind == proto.ERROR:
             error = ujson.loads(bytes(payload))
             cls = NotFound if error.get("kind") == "not_found" else Unavailable
@@ -250,14 +286,14 @@ class _ReaderSlot:
         pending, self.pending = self.pending, {}
         for p in pending.values():
             if not p.future.done():
-                p.future.set_exception(Unavailable(f"the Pravega reader worker failed: {reason}"))
+                p.future.set_exception(Unavailable(f"the Pravega {self.role} worker failed: {reason}"))
 
 
 class ReaderPool:
     """``pravega.workers`` reader processes shared by every read in the server."""
 
     def __init__(self, settings: PravegaSettings) -> None:
-        self._slots = [_ReaderSlot(settings) for _ in range(settings.workers)]
+        self._slots = [WorkerSlot("reader", settings) for _ in range(settings.workers)]
 
     def start(self) -> None:
         for slot in self._slots:
@@ -283,7 +319,7 @@ class ReadSession:
     Use as ``with pool.session() as session``; leaving it frees the worker's reader.
     """
 
-    def __init__(self, slot: _ReaderSlot) -> None:
+    def __init__(self, slot: WorkerSlot) -> None:
         self.slot = slot
         self.reader = uuid.uuid4().hex
 
@@ -293,8 +329,39 @@ class ReadSession:
 
     def __exit__(self, *exc) -> None:
         self.slot.sessions -= 1
-        self.slot.release(self.reader)
+        self.slot.tell(proto.RELEASE, ujson.dumps({"reader": self.reader}).encode())
 
     async def read_into(self, stream: str, offset: int, into: memoryview) -> None:
         """Fills ``into`` with the bytes of ``stream`` from ``offset``."""
-        await self.slot.read(self.reader, stream, offset, into)
+        request = {"reader": self.reader, "stream": stream, "offset": offset, "length": len(into)}
+        await self.slot.request(proto.READ, ujson.dumps(request).encode(), f"a read of {stream!r}", into)
+
+
+class EventAppender:
+    """Creates one-segment event streams and appends events to them, through one appender worker.
+
+    The worker keeps one writer per stream for as long as it lives, as the
+    client wants. Events are appended whole and flushed before the answer,
+    so once :meth:`append` returns, the event is in Pravega and readable.
+    """
+
+    def __init__(self, settings: PravegaSettings) -> None:
+        self._slot = WorkerSlot("appender", settings)
+
+    def start(self) -> None:
+        self._slot.ensure_worker()
+
+    def close(self) -> None:
+        self._slot.close()
+
+    async def create(self, stream: str, replacing: str = "") -> int:
+        """Creates ``stream`` unless it exists and returns its length in bytes.
+
+        Every other stream whose name starts with ``replacing`` (when given) is deleted.
+        """
+        request = ujson.dumps({"stream": stream, "replacing": replacing}).encode()
+        answer = await self._slot.request(proto.CREATE, request, f"creating {stream!r}")
+        return ujson.loads(bytes(answer))["tail"]
+
+    async def append(self, stream: str, event: bytes) -> None:
+        await self._slot.request(proto.APPEND_TO, stream.encode() + b"\n" + event, f"an append to {stream!r}")

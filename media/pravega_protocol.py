@@ -23,8 +23,12 @@ RELEASE = 2  # {"reader"}: the read is over; not answered
 # Server -> follow worker.
 APPEND = 3  # one event to append to the followed stream, as is; not answered
 
-# Reader worker -> server.
-DATA = 16  # exactly the bytes asked for
+# Server -> appender worker; each is answered with DATA or ERROR.
+CREATE = 5  # JSON {"stream", "replacing"}: answered with JSON {"tail"}, see EventAppender.create
+APPEND_TO = 6  # the stream's name, b"\n", one event: appended and flushed; answered with no bytes
+
+# Reader and appender workers -> server.
+DATA = 16  # exactly the bytes asked for, or the answer described above
 ERROR = 17  # JSON {"kind": "unavailable" | "not_found", "message"}
 
 # Follow worker -> server.

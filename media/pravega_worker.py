@@ -2,8 +2,11 @@
 
     python -m media.pravega_worker reader --fd N --controller URI --scope S
     python -m media.pravega_worker follow --fd N --controller URI --scope S --stream NAME [--poll S] [--keep S]
+    python -m media.pravega_worker appender --fd N --controller URI --scope S
 
 ``reader`` answers READ requests one at a time with the bytes asked for.
+``appender`` creates event streams and appends events to them, keeping
+one writer per stream.
 ``follow`` replays an event stream of one segment (the catalog, presence)
 from its head, then polls its tail and sends each new event; between polls
 it appends the events the server sends it. After any failure it starts over
@@ -43,7 +46,7 @@ _PR_SET_PDEATHSIG = 1
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m media.pravega_worker")
-    parser.add_argument("role", choices=("reader", "follow"))
+    parser.add_argument("role", choices=("reader", "follow", "appender"))
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--controller", required=True)
     parser.add_argument("--scope", required=True)
@@ -61,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.role == "reader":
             serve_reads(sock, args.controller, args.scope)
+        elif args.role == "appender":
+            serve_appends(sock, args.controller, args.scope)
         else:
             follow_stream(sock, args.controller, args.scope, args.stream, args.poll, args.keep)
     except (BrokenPipeError, ConnectionResetError):
@@ -142,6 +147,59 @@ def serve_reads(sock: socket.socket, controller_uri: str, scope: str) -> None:
             proto.send_frame(sock, proto.ERROR, tag, error)
             continue
         proto.send_frame(sock, proto.DATA, tag, *views)
+
+
+def serve_appends(sock: socket.socket, controller_uri: str, scope: str) -> None:
+    manager = stream_manager(controller_uri)
+    writers: dict[str, object] = {}
+    while (frame := proto.recv_frame(sock)) is not None:
+        kind, tag, payload = frame
+        try:
+            if kind == proto.CREATE:
+                request = ujson.loads(payload)
+                tail, deleted = create_stream(manager, scope, request["stream"], request["replacing"])
+                for name in deleted:
+                    writers.pop(name, None)
+                answer = ujson.dumps({"tail": tail})
+            elif kind == proto.APPEND_TO:
+                name, _, event = payload.partition(b"\n")
+                stream = name.decode()
+                if stream not in writers:
+                    with calling(f"opening a writer on {stream!r}"):
+                        writers[stream] = manager.create_writer(scope, stream)
+                try:
+                    with calling(f"appending to {stream!r}"):
+                        writers[stream].write_event_bytes(event)
+                        writers[stream].flush()
+                except PravegaError:
+                    # Whether the event landed is unknown; the server decides what that means.
+                    del writers[stream]
+                    raise
+                answer = ""
+            else:
+                raise ValueError(f"unknown request kind {kind}")
+        except PravegaError as e:
+            proto.send_frame(sock, proto.ERROR, tag, ujson.dumps({"kind": e.kind, "message": str(e)}).encode())
+            continue
+        proto.send_frame(sock, proto.DATA, tag, answer.encode())
+
+
+def create_stream(manager, scope: str, stream: str, replacing: str) -> tuple[int, list[str]]:
+    """Creates ``stream`` (one segment) unless it exists and deletes the other streams named ``replacing…``.
+
+    Returns the stream's length and the names deleted.
+    """
+    ensure_event_stream(manager, scope, stream)
+    deleted = []
+    if replacing:
+        with calling(f"listing the streams of {scope!r}"):
+            deleted = [name for name in manager.list_stream(scope) if name.startswith(replacing) and name != stream]
+        for name in deleted:
+            with calling(f"deleting stream {name!r}"):
+                manager.seal_stream(scope, name)
+                manager.delete_stream(scope, name)
+    with calling(f"measuring {stream!r}"):
+        return manager.create_byte_stream(scope, stream).current_tail_offset(), deleted
 
 
 def follow_stream(
