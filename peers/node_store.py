@@ -14,10 +14,12 @@ On the first read of a video the node takes its manifest from the upstream
 for the video's peers, waiting at most ``DISCOVERY_WAIT`` seconds for them
 so a first byte comes quickly even when a peer is slow to answer.
 
-Pieces live in sparse files (:class:`SparseFilePieces`): in
-``<storage.library>/.pieces`` on the filesystem backend; a node configured
-for Pravega keeps them in ``<storage.cache_dir>/pieces`` for now, and says
-so at start, since its Pravega streams cannot yet take a node's pieces.
+Pieces are kept by the node's own backend: on the filesystem, at their
+offsets in sparse files in ``<storage.library>/.pieces``
+(:class:`~peers.pieces.SparseFilePieces`), so any range can be kept; in
+Pravega, the verified prefix of each video in an event stream of
+``pravega.scope`` (:mod:`peers.pravega_pieces`), other ranges streamed
+through.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from peers.catalog import UpstreamCatalog
 from peers.fetcher import PieceFetcher, VideoChanged
 from peers.manifest import Manifest
 from peers.pieces import PieceStorage, SparseFilePieces
+from peers.pravega_pieces import PieceStreams
 from peers.session import VideoSession
 from peers.swarm import Swarm
 from peers.upstream import Upstream
@@ -57,12 +60,14 @@ class PeerNodeStore(Store):
         self.upstream = Upstream(config.peer.upstream)
         self.public_url = config.peer.public_url.rstrip("/") if config.peer.public_url else None
         self.catalog = UpstreamCatalog(self.upstream, config.storage.scan_interval, self._catalog_changed)
-        if config.storage.backend == "filesystem":
-            self.pieces_folder = os.path.join(config.storage.library, ".pieces")
+        self._piece_streams: PieceStreams | None = None
+        self._new_storage: Callable[[str], PieceStorage]
+        if config.storage.backend == "pravega":
+            self._piece_streams = PieceStreams(config.pravega)
+            self._new_storage = self._piece_streams.storage
         else:
-            self.pieces_folder = os.path.join(config.storage.cache_dir, "pieces")
-            log.warning("a peer node keeps its pieces on the filesystem, in %s, not in %s",
-                        self.pieces_folder, config.storage.backend)
+            folder = os.path.join(config.storage.library, ".pieces")
+            self._new_storage = lambda video_id: SparseFilePieces(folder, video_id)
         # Peers that sent bytes failing verification, for every video.
         self.bad_peers: set[str] = set()
         # video id -> bytes served to this node's readers, by source (see peers.session).
@@ -76,6 +81,8 @@ class PeerNodeStore(Store):
         self._announcer: Announcer | None = None
 
     async def start(self) -> None:
+        if self._piece_streams:
+            self._piece_streams.start()
         await self.catalog.refresh()
         self._follow_task = asyncio.ensure_future(self.catalog.follow())
 
@@ -93,6 +100,8 @@ class PeerNodeStore(Store):
             session.close()
         for storage in self._storages.values():
             storage.close()
+        if self._piece_streams:
+            self._piece_streams.close()
 
     def videos(self) -> dict[str, VideoRecord]:
         return self.catalog.videos
@@ -108,7 +117,7 @@ class PeerNodeStore(Store):
         """The node's pieces of the video (of whichever version it last fetched)."""
         storage = self._storages.get(video_id)
         if storage is None:
-            storage = self._storages[video_id] = SparseFilePieces(self.pieces_folder, video_id)
+            storage = self._storages[video_id] = self._new_storage(video_id)
         return storage
 
     def source_counts(self, video_id: str) -> dict[str, int]:

@@ -48,7 +48,7 @@ class Server:
     """One ``server.py`` process; ``upstream`` makes it a peer node."""
 
     def __init__(self, folder: str, name: str, upstream: str | None = None, piece_size: int = 64 * 1024,
-                 public_url: str | None = None) -> None:
+                 public_url: str | None = None, pravega: dict | None = None) -> None:
         self.name = name
         self.folder = os.path.join(folder, name)
         self.library = os.path.join(self.folder, "library")
@@ -59,6 +59,8 @@ class Server:
         self.piece_size = piece_size
         # The URL announced to others; may be changed before start (to a proxy's, say).
         self.public_url = public_url or self.url
+        # The ``pravega`` section of a node whose own store is Pravega.
+        self.pravega = pravega
         self.config_path = os.path.join(self.folder, "config.yaml")
         self.log_path = os.path.join(self.folder, "server.log")
         self.process: subprocess.Popen | None = None
@@ -71,6 +73,9 @@ class Server:
         }
         if self.upstream:
             config["peer"].update(upstream=self.upstream, public_url=self.public_url)
+        if self.pravega:
+            config.update(pravega=self.pravega)
+            config["storage"]["backend"] = "pravega"
         with open(self.config_path, "w") as f:
             yaml.safe_dump(config, f)
         with open(self.log_path, "ab") as log:

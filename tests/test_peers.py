@@ -29,10 +29,11 @@ from peers.have import from_ranges, to_ranges
 from peers.manifest import Manifest, compute_manifest
 from peers.ordering import closest_first
 from peers.pieces import SparseFilePieces
+from peers.pravega_pieces import PieceStreams
 from peers.session import MAX_IN_FLIGHT, READ_AHEAD
 from peers.swarm import Swarm
 from peers.upstream import Upstream
-from settings import StorageSettings
+from settings import PravegaSettings, StorageSettings
 from tests.conftest import read_bytes
 from tests.nodes import (
     MiB,
@@ -153,6 +154,100 @@ def test_sparse_pieces_survive_a_restart_and_catch_corruption(tmp_path):
 
     asyncio.run(scenario())
     assert os.path.getsize(tmp_path / "v.data") == PIECE
+
+
+@pytest.fixture
+def pravega_settings(controller_uri):
+    """Settings for a scope of the test's own, deleted afterwards."""
+    from media.pravega_io import delete_scope, stream_manager
+
+    settings = PravegaSettings(controller_uri=controller_uri, scope=f"test-{os.urandom(6).hex()}")
+    yield settings
+    delete_scope(stream_manager(controller_uri), settings.scope)
+
+
+def _streams_of(settings: PravegaSettings) -> list[str]:
+    from media.pravega_io import stream_manager
+
+    return sorted(name for name in stream_manager(settings.controller_uri).list_stream(settings.scope)
+                  if not name.startswith("_"))
+
+
+async def _until_held(storage, pieces: set[int]) -> None:
+    """Pieces are appended in the background: waits until the storage holds ``pieces``."""
+    for _ in range(200):
+        if storage.held() == pieces and not storage._waiting:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"held {storage.held()}, waiting {set(storage._waiting)}, not {pieces}")
+
+
+@pytest.mark.pravega
+def test_pravega_prefix_survives_a_restart_and_catches_corruption(pravega_settings):
+    data = os.urandom(20 * PIECE + 1000)
+    manifest = manifest_of(data)
+
+    def piece(n: int) -> bytes:
+        return data[n * PIECE : (n + 1) * PIECE]
+
+    async def run_node(step):
+        streams = PieceStreams(pravega_settings)
+        streams.start()
+        storage = streams.storage("v")
+        await storage.adopt(manifest)
+        try:
+            return await step(streams, storage)
+        finally:
+            storage.close()
+            streams.close()
+
+    async def first_run(streams, storage):
+        assert storage.held() == set()
+        # Out of order, as parallel fetches finish: 1 waits in memory until 0 comes.
+        await storage.put(1, piece(1))
+        assert storage.held() == {1} and await storage.get(1) == piece(1)
+        await storage.put(0, piece(0))
+        # Beyond the read-ahead's reach of the prefix: streamed through, not kept.
+        await storage.put(2 + READ_AHEAD + 1, piece(2 + READ_AHEAD + 1))
+        await _until_held(storage, {0, 1})
+
+    async def second_run(streams, storage):
+        assert storage.held() == {0, 1}
+        assert await storage.get(0) == piece(0) and await storage.raw(1) == piece(1)
+        for n in range(2, 20):
+            await storage.put(n, piece(n))
+        await storage.put(20, data[20 * PIECE :])
+        await _until_held(storage, set(range(21)))
+        assert await storage.get(20) == data[20 * PIECE :]
+        return storage.stream
+
+    async def another_version(streams, storage):
+        await storage.adopt(manifest_of(os.urandom(3 * PIECE)))
+        assert storage.held() == set()
+
+    async def back_to_the_first(streams, storage):
+        assert storage.held() == set()  # its stream went with the other version's coming
+
+    async def wrong_bytes_in_the_prefix(streams, storage):
+        await streams.appender.append(storage.stream, piece(0))
+        await streams.appender.append(storage.stream, b"y" * PIECE)  # not piece 1
+        await streams.appender.append(storage.stream, piece(2))
+
+    async def third_run(streams, storage):
+        assert storage.held() == {0, 1, 2}
+        assert await storage.get(1) is None  # caught, and what follows in the stream is not trusted
+        assert storage.held() == {0}
+        await storage.put(1, piece(1))
+        assert storage.held() == {0}
+
+    asyncio.run(run_node(first_run))
+    stream = asyncio.run(run_node(second_run))
+    assert _streams_of(pravega_settings) == [stream]
+    asyncio.run(run_node(another_version))
+    assert len(_streams_of(pravega_settings)) == 1 and _streams_of(pravega_settings) != [stream]
+    asyncio.run(run_node(back_to_the_first))
+    asyncio.run(run_node(wrong_bytes_in_the_prefix))
+    asyncio.run(run_node(third_run))
 
 
 class _FakeVideo(tornado.web.RequestHandler):
@@ -455,6 +550,46 @@ def test_a_node_serves_what_it_holds_to_peers_and_without_its_upstream(servers):
     # Fetched pieces count toward the origin until served to their end once: piece 3 was, by the first
     # read, so the second play served it as local; the third play was local throughout.
     assert sources == {"local": PIECE + len(data), "peers": 0, "origin": 100_000 + len(data) - PIECE}
+
+
+@pytest.mark.pravega
+def test_a_pravega_node_keeps_the_verified_prefix_and_streams_the_rest_through(servers, pravega_settings):
+    origin = servers("origin")
+    data = write_random_video(os.path.join(origin.library, "big.mp4"), 2 * MiB + 1000)
+    pravega = {"controller_uri": pravega_settings.controller_uri, "scope": pravega_settings.scope}
+    node = servers("node", upstream=origin.url, pravega=pravega)
+    middle = 20 * PIECE
+
+    async def scenario():
+        await start_all(origin, node, video="big")
+        viewer = Viewer(node.url)
+        seek = await viewer.play("big", start=middle, end=middle + 2 * PIECE)
+        after_seek = await get_json(f"{node.url}/videos/big/have")
+        whole = await viewer.play("big", range_size=256 * 1024)
+        await wait_for(lambda: _holds(node, "big", [[0, 33]]), what="the whole video in the node's Pravega")
+        node.stop()
+        node.start()
+        await node.ready(video="big")
+        again = await viewer.play("big")
+        sources = await get_json(f"{node.url}/videos/big/sources")
+        health = await get_json(f"{node.url}/healthz")
+        return seek, after_seek, whole, again, sources, health
+
+    seek, after_seek, whole, again, sources, health = asyncio.run(scenario())
+    assert seek.body == data[middle : middle + 2 * PIECE]
+    # Far past the prefix (empty then): served, and not kept.
+    assert after_seek["pieces"] == [], after_seek
+    assert whole.body == data and again.body == data
+    # After the restart every byte came from the node's own Pravega.
+    assert sources == {"local": len(data), "peers": 0, "origin": 0}, sources
+    assert health["store"]["piecesHeld"] == {"big": 33}
+    # One stream holds them, and nothing went to the node's disk.
+    assert len(_streams_of(pravega_settings)) == 1
+    assert not os.path.exists(os.path.join(node.library, ".pieces"))
+
+
+async def _holds(server: Server, video_id: str, pieces: list[list[int]]) -> bool:
+    return (await get_json(f"{server.url}/videos/{video_id}/have"))["pieces"] == pieces
 
 
 def test_four_nodes_take_load_off_the_origin(servers):

@@ -1,0 +1,256 @@
+"""A node's pieces in its own Pravega: the verified prefix of each video, in an event stream.
+
+Pravega streams only grow at their tail, so a node configured for Pravega
+keeps, of each video, the pieces from the first one on without a gap: the
+*verified prefix*. Other pieces it fetches (after a seek, say) are served to
+its client and to peers while in hand, and not kept. Pieces that arrive a
+little ahead of the prefix, as the read-ahead's parallel fetches finish out
+of order, wait in memory for the gap to close: those at most
+``READ_AHEAD`` pieces past the first missing one, the read-ahead's reach.
+When appending falls behind, the fetches that bring pieces wait for it.
+
+The client's byte writer cannot append to a stream another writer began
+(see :mod:`media.pravega_io`), which would rule out going on after a
+restart, so the prefix is written as events: one event per piece, each
+appended whole by one long-lived event writer in an appender worker
+(:class:`~media.pravega_pool.EventAppender`). An event in a segment is an
+8-byte frame header and the bytes, so every piece lies at an offset known
+from the piece size alone, and the node's reader workers read it back as a
+byte range. One stream per version of a video, ``p-<id hash>-<root>``, in
+``pravega.scope``::
+
+    event 0     header: JSON {"v": 1, "id", "root", "size", "pieceSize"}
+    event 1+n   piece n, exactly as long as the manifest says
+
+After a restart the stream's length says how many pieces it holds, and the
+header which version they are; creating the stream of a new version deletes
+those of older ones. Every piece read back for the node's own client is
+hashed again (see :class:`~peers.pieces.PieceStorage`), so a stream holding
+anything but the manifest's bytes costs a refetch, never a wrong byte.
+
+Nothing here may hold a reader up: while the node's Pravega does not
+answer, a video is served as if nothing were kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+
+import ujson
+
+from media.pravega_catalog import id_for_stream_names
+from media.pravega_pool import EventAppender, ReaderPool
+from media.store import StoreError
+from peers.manifest import Manifest
+from peers.pieces import PieceStorage
+from peers.session import READ_AHEAD
+from settings import PravegaSettings
+
+log = logging.getLogger("binge.peers")
+
+HEADER_VERSION = 1
+# Pravega frames each event in a segment as a type code and a length.
+EVENT_FRAME = struct.Struct(">ii")
+# The largest event Pravega takes; a video cut in bigger pieces is not kept.
+MAX_EVENT = 8 * 1024 * 1024
+# How long opening a video's stream may hold up its first read; it goes on after that.
+OPEN_WAIT = 1.0
+
+
+def stream_prefix(video_id: str) -> str:
+    return f"p-{id_for_stream_names(video_id)}-"
+
+
+class PieceStreams:
+    """The node's Pravega for its pieces: worker processes shared by the pieces of every video."""
+
+    def __init__(self, settings: PravegaSettings) -> None:
+        self.readers = ReaderPool(settings)
+        self.appender = EventAppender(settings)
+
+    def start(self) -> None:
+        self.readers.start()
+        self.appender.start()
+
+    def close(self) -> None:
+        self.readers.close()
+        self.appender.close()
+
+    def storage(self, video_id: str) -> PravegaPrefixPieces:
+        return PravegaPrefixPieces(self, video_id)
+
+
+class _Layout:
+    """Where the pieces of one manifest lie in a stream whose header event ends at ``base``."""
+
+    def __init__(self, manifest: Manifest, base: int) -> None:
+        self.manifest = manifest
+        self.base = base
+
+    def offset(self, n: int) -> int:
+        return self.base + n * (EVENT_FRAME.size + self.manifest.piece_size) + EVENT_FRAME.size
+
+    def end(self, n: int) -> int:
+        start, end = self.manifest.piece_range(n)
+        return self.offset(n) + end - start
+
+    def pieces_within(self, tail: int) -> int:
+        """How many pieces a stream ``tail`` bytes long holds."""
+        count = self.manifest.piece_count
+        held = min(count, max(0, tail - self.base) // (EVENT_FRAME.size + self.manifest.piece_size))
+        if held == count - 1 and tail >= self.end(held):
+            held = count  # the last piece, shorter than the others
+        return held
+
+
+def _header(manifest: Manifest) -> bytes:
+    return ujson.dumps({
+        "v": HEADER_VERSION, "id": manifest.video_id, "root": manifest.root,
+        "size": manifest.size, "pieceSize": manifest.piece_size,
+    }).encode()
+
+
+class PravegaPrefixPieces(PieceStorage):
+    """The verified prefix of one video in an event stream of the node's Pravega (see module doc)."""
+
+    def __init__(self, streams: PieceStreams, video_id: str) -> None:
+        self.streams = streams
+        self.video_id = video_id
+        self.stream: str | None = None
+        self._layout: _Layout | None = None
+        # Pieces 0 to prefix - 1 are in the stream.
+        self._prefix = 0
+        self._waiting: dict[int, bytes] = {}
+        # False once appending failed: whether that piece landed is unknown, so nothing more is added.
+        self._keeping = False
+        self._opening: asyncio.Task | None = None
+        self._appending: asyncio.Task | None = None
+
+    def held(self) -> set[int]:
+        return set(range(self._prefix)) | self._waiting.keys()
+
+    def holds(self, n: int) -> bool:
+        return n < self._prefix or n in self._waiting
+
+    async def adopt(self, manifest: Manifest) -> None:
+        if self.manifest is not None and self.manifest.root == manifest.root:
+            self.manifest = manifest  # the same bytes under a new ETag: the pieces stay good
+            return
+        self.close()
+        self.manifest = manifest
+        self.stream, self._layout, self._prefix, self._keeping = None, None, 0, False
+        if manifest.piece_size > MAX_EVENT:
+            log.warning("%s comes in pieces of %d bytes, more than a Pravega event holds; keeping none",
+                        self.video_id, manifest.piece_size)
+            return
+        self._opening = asyncio.ensure_future(self._open(manifest))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._opening), OPEN_WAIT)
+
+    async def _open(self, manifest: Manifest) -> None:
+        stream = f"{stream_prefix(self.video_id)}{manifest.root[:32]}"
+        header = _header(manifest)
+        try:
+            tail = await self.streams.appender.create(stream, replacing=stream_prefix(self.video_id))
+            if tail == 0:
+                await self.streams.appender.append(stream, header)
+                tail = EVENT_FRAME.size + len(header)
+            else:
+                await self._check_header(stream, header, tail)
+        except (StoreError, ValueError) as e:
+            log.warning("keeping no pieces of %s in Pravega: %s", self.video_id, e)
+            return
+        self._layout = _Layout(manifest, EVENT_FRAME.size + len(header))
+        self.stream = stream
+        self._prefix = self._layout.pieces_within(tail)
+        self._keeping = True
+        # Pieces that came while the stream was being opened.
+        self._waiting = {n: data for n, data in self._waiting.items() if n >= self._prefix}
+        self._append_soon()
+        log.info("%s: %d of %d pieces held in Pravega stream %s", self.video_id, self._prefix,
+                 manifest.piece_count, stream)
+
+    async def _check_header(self, stream: str, header: bytes, tail: int) -> None:
+        """Checks that ``stream`` was written for ``header``'s version of the video, in this layout."""
+        length = EVENT_FRAME.size + len(header)
+        if tail < length:
+            raise ValueError(f"stream {stream} is {tail} bytes long, shorter than its header")
+        found = bytearray(length)
+        with self.streams.readers.session() as session:
+            await session.read_into(stream, 0, memoryview(found))
+        if found != EVENT_FRAME.pack(0, len(header)) + header:
+            raise ValueError(f"stream {stream} has another header than {header.decode()}")
+
+    async def put(self, n: int, data: bytes) -> None:
+        # While the stream opens, the prefix it holds is not known yet: a piece near the start may extend it.
+        opening = self._opening is not None and not self._opening.done()
+        if not (self._keeping or opening) or n in self._waiting:
+            return
+        reach = self._frontier() if self._keeping else self._prefix
+        if not self._prefix <= n <= reach + READ_AHEAD:
+            return
+        self._waiting[n] = data
+        self._append_soon()
+        if len(self._waiting) > READ_AHEAD and self._appending is not None:
+            # Pravega is behind the fetches: they wait for it rather than pile pieces up in memory.
+            await asyncio.wait([self._appending])
+
+    def _frontier(self) -> int:
+        """The first piece neither in the stream nor waiting to go in."""
+        n = self._prefix
+        while n in self._waiting:
+            n += 1
+        return n
+
+    def _append_soon(self) -> None:
+        if self._keeping and self._prefix in self._waiting and (self._appending is None or self._appending.done()):
+            self._appending = asyncio.ensure_future(self._append_waiting())
+
+    async def _append_waiting(self) -> None:
+        while self._keeping and (data := self._waiting.get(self._prefix)) is not None:
+            try:
+                await self.streams.appender.append(self.stream, data)
+            except StoreError as e:
+                log.warning("piece %d of %s not kept in Pravega: %s; keeping no more of it", self._prefix,
+                            self.video_id, e)
+                self._stop_keeping()
+                return
+            if not self._keeping:
+                return  # dropped meanwhile
+            del self._waiting[self._prefix]
+            self._prefix += 1
+
+    async def raw(self, n: int) -> bytes | None:
+        if n in self._waiting:
+            return self._waiting[n]
+        if n >= self._prefix:
+            return None
+        start, end = self.manifest.piece_range(n)
+        data = bytearray(end - start)
+        try:
+            with self.streams.readers.session() as session:
+                await session.read_into(self.stream, self._layout.offset(n), memoryview(data))
+        except StoreError as e:
+            log.warning("cannot read piece %d of %s from Pravega: %s", n, self.video_id, e)
+            return None
+        return bytes(data)
+
+    def drop(self, n: int) -> None:
+        # A stream only grows: what follows a bad piece can no longer be told apart, so the prefix ends there.
+        self._waiting.pop(n, None)
+        if n < self._prefix:
+            self._prefix = n
+            self._stop_keeping()
+
+    def _stop_keeping(self) -> None:
+        self._keeping = False
+        self._waiting.clear()
+
+    def close(self) -> None:
+        for task in (self._opening, self._appending):
+            if task is not None:
+                task.cancel()
+        self._waiting.clear()
