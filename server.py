@@ -34,6 +34,8 @@ async def serve(config: Settings, ready: asyncio.Event | None = None) -> None:
     server = tornado.httpserver.HTTPServer(app, xheaders=False, idle_connection_timeout=60)
     server.listen(config.server.port, config.server.host)
     log.info("Binge+ serving %s store on http://%s:%d/", app.store.name, config.server.host, config.server.port)
+    if app.node_id:
+        log.info("peer node %s (its id in Binge-Via) below %s", app.node_id, config.peer.upstream)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

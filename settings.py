@@ -10,6 +10,7 @@ status 2.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import types
 import typing
@@ -86,6 +87,12 @@ class PeerSettings:
     # URL at which other nodes reach this one.
     public_url: str | None = None
     piece_size: int = 1024 * 1024
+    # Bytes of verified pieces a node keeps (on disk or in its Pravega); past
+    # it, whole videos are evicted, least recently read first (see peers.eviction).
+    max_held_bytes: int = 10 * 1024**3
+    # Seconds after its last read during which a video is never evicted, so
+    # a player reading in bursts, or paused a moment, keeps its copy.
+    evict_idle_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -206,6 +213,49 @@ def _checked(s: Settings, base_dir: str) -> Settings:
     for key, url in (("peer.upstream", s.peer.upstream), ("peer.public_url", s.peer.public_url)):
         if url is not None and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc):
             raise ConfigError(f"{key}: must be an http:// or https:// URL, not {url!r}")
+    if s.peer.upstream is not None and _is_this_server(s.peer.upstream, s.server, s.peer.public_url):
+        raise ConfigError(
+            f"peer.upstream: {s.peer.upstream!r} is this server itself, a loop; "
+            "set it to the origin's URL or another node's"
+        )
     return dataclasses.replace(
         s, storage=dataclasses.replace(s.storage, library=library, cache_dir=cache_dir)
     )
+
+
+# Names a server listening on every address, or on loopback, is reached at by itself.
+WILDCARD_HOSTS = ("", "0.0.0.0", "::")
+LOCALHOST = ("localhost", "127.0.0.1", "::1")
+
+
+def _is_this_server(url: str, server: ServerSettings, public_url: str | None) -> bool:
+    """Whether ``url`` is plainly this server's own address: its ``public_url``, or its host and port.
+
+    Only what the config itself shows (no name is looked up): the hop guard
+    (:mod:`peers.hops`) catches at run time whatever this cannot see.
+    """
+
+    def address(u: str) -> tuple[str, int | None]:
+        parts = urlsplit(u)
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            port = None
+        return (parts.hostname or "").lower(), port
+
+    host, port = address(url)
+    if public_url is not None and (host, port) == address(public_url):
+        return True
+    if port != server.port:
+        return False
+    listening = server.host.lower().strip("[]")
+    if host == listening or (host in LOCALHOST and listening in LOCALHOST):
+        return True
+    return listening in WILDCARD_HOSTS and (host in WILDCARD_HOSTS or _is_loopback(host))
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

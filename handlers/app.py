@@ -55,6 +55,8 @@ class BingeApp(tornado.web.Application):
         self.config = config
         self.started = time.monotonic()
         self.store = store
+        # This server's id in Binge-Via (peers.hops): a node's; an origin asks no upstream, so has none.
+        self.node_id: str | None = store.upstream.node_id if isinstance(store, PeerNodeStore) else None
         self.presence = Presence()
         self.metrics = Metrics(store.name)
         # Video bodies being sent and presence websockets, limited per client address.

@@ -12,6 +12,7 @@ from tornado.httputil import HTTPServerRequest
 from media.store import StoreError
 from ops import access_log
 from ops.limits import Refused
+from peers import hops
 
 if TYPE_CHECKING:
     from handlers.app import BingeApp
@@ -54,6 +55,11 @@ class BaseHandler(tornado.web.RequestHandler):
     (:mod:`ops.access_log`). A :class:`ops.limits.Refused` becomes its
     status with ``Retry-After``. Every response names its request in
     ``X-Request-Id``, as its access line does.
+
+    Before anything else a request's ``Binge-Via`` is checked
+    (:mod:`peers.hops`): one that came back round a loop of upstreams, or
+    passed through too many nodes, is answered 508 Loop Detected with a
+    message naming the loop; a malformed one, 400.
     """
 
     application: "BingeApp"
@@ -71,6 +77,10 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_header("Access-Control-Expose-Headers", EXPOSED_HEADERS)
         self.set_header("Server", "Binge+")
         self.set_header("X-Request-Id", self.request_id)
+
+    def prepare(self) -> None:
+        app = self.application
+        hops.admit(self.request.headers.get(hops.HEADER), app.node_id, app.config.peer.public_url)
 
     def options(self, *args: str, **kwargs: str) -> None:
         """A CORS preflight: any of our methods, with the headers a player sends."""
@@ -124,4 +134,5 @@ class NotFoundHandler(BaseHandler):
     """Any path we do not serve."""
 
     def prepare(self) -> None:
+        super().prepare()
         raise ApiError(404, f"no such endpoint: {self.request.path}")

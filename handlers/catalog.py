@@ -7,6 +7,7 @@ from handlers.base import ApiError, BaseHandler
 from media.catalog import video_json
 from media.ranges import http_date
 from media.store import VideoRecord, check_video_id
+from peers.node_store import PeerNodeStore
 
 
 class CatalogHandler(BaseHandler):
@@ -18,10 +19,18 @@ class CatalogHandler(BaseHandler):
 
 
 class VideoListHandler(CatalogHandler):
-    """``GET /videos``: every video object, sorted by name."""
+    """``GET /videos``: every video object, sorted by name.
 
-    def get(self) -> None:
-        videos = sorted(self.application.store.videos().values(), key=lambda v: (v.name.lower(), v.id))
+    On a peer node, 508 with a message naming the loop while its upstreams
+    loop; asked by a node below before it ever read its upstream's catalog,
+    it reads it first, and answers 503 (or 508) if it cannot (see
+    :meth:`peers.catalog.UpstreamCatalog.servable`).
+    """
+
+    async def get(self) -> None:
+        store = self.application.store
+        catalog = await store.catalog.servable() if isinstance(store, PeerNodeStore) else store.videos()
+        videos = sorted(catalog.values(), key=lambda v: (v.name.lower(), v.id))
         self.write_json([self.video_json(v) for v in videos])
 
 

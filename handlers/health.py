@@ -8,7 +8,11 @@ from handlers.base import BaseHandler
 
 
 class HealthHandler(BaseHandler):
-    """200 with ``{"status": "ok", ...}`` when the store answers, 503 with ``"degraded"`` when not."""
+    """200 with ``{"status": "ok", ...}`` when the store answers, 503 with ``"degraded"`` when not.
+
+    A peer node adds its ``nodeId``: the id it goes by in ``Binge-Via``, so
+    the ids in a message naming a loop of upstreams can be told apart.
+    """
 
     async def get(self) -> None:
         store = await self.application.store.health()
@@ -20,6 +24,7 @@ class HealthHandler(BaseHandler):
                 "store": store,
                 "uptimeSeconds": round(time.monotonic() - self.application.started, 1),
                 "websocketClients": len(self.application.presence.local_sockets()),
+                **({"nodeId": self.application.node_id} if self.application.node_id else {}),
             },
             200 if ok else 503,
         )

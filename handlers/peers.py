@@ -15,6 +15,7 @@ from handlers.base import ApiError, BaseHandler
 from media.ranges import Unsatisfiable, parse_range
 from media.store import StoreError, VideoRecord, check_video_id
 from peers.have import to_ranges
+from peers.hops import LoopDetected
 from peers.node_store import PeerNodeStore
 from peers.ordering import closest_first
 
@@ -50,7 +51,8 @@ class PeersHandler(PeerHandler):
     """``GET /videos/{id}/peers``: ``[{"url", "address"}]``, the nodes watching the video, closest to the asker first.
 
     A node adds its upstream's list to the nodes announced to itself; if the
-    upstream does not answer, its own are the answer.
+    upstream does not answer, its own are the answer, but a 508 from it (a
+    loop of upstreams, see :mod:`peers.hops`) is answered as such.
     """
 
     async def get(self, video_id: str) -> None:
@@ -64,6 +66,8 @@ class PeersHandler(PeerHandler):
         if isinstance(store, PeerNodeStore):
             try:
                 peers += await store.upstream.peers(video.id)
+            except LoopDetected:
+                raise
             except StoreError as e:
                 log.info("listing peers of %s without the upstream's: %s", video.id, e)
         unique: dict[str, dict] = {}

@@ -37,4 +37,14 @@ The protocol between servers, all plain HTTP plus the presence websocket:
 Where a node falls back to its upstream it reads ``/videos/{id}/stream``
 with ``If-Match`` set to the manifest's ETag, so bytes of two versions of a
 video never mix.
+
+``Binge-Via: id, id, ...`` (request header, every request a node makes to its upstream)
+    The nodes the request passed through, the asking node's own random id
+    last (:mod:`peers.hops`). A node that finds its own id in it, or any
+    server given more than ``hops.MAX_HOPS`` ids, answers **508 Loop
+    Detected** with ``{"error", "status"}`` naming the loop (a malformed
+    header: 400); the node below passes the 508 on rather than retry, and
+    shows the loop in ``/healthz`` and ``GET /videos``. Requests to peers
+    (``/have``, ``/pieces``) and the presence websocket carry none: nothing
+    forwards them. A node's ``/healthz`` says its ``nodeId``.
 """

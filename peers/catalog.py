@@ -8,6 +8,16 @@ object changes or the node saw the bytes change under it
 ``interval`` seconds, and at once when asked (:meth:`refresh_soon`);
 listeners hear only of real changes. When the upstream cannot be reached
 the last catalog stays, and :attr:`last_error` says why.
+
+What ``GET /videos`` answers comes from :meth:`UpstreamCatalog.servable`.
+While the last read found a loop of upstreams (:mod:`peers.hops`), that is
+a 508 naming the loop, for everyone. A node below this one asking (its
+request carries ``Binge-Via``) before this node ever read the catalog gets
+it read on its behalf, at once and with its chain, or else the error (503,
+or 508): an empty catalog never read is not the upstream's, and passing it
+off as one would hide a loop, whose nodes never read any catalog. The
+catalog is still read every ``interval`` seconds meanwhile (the loop is
+logged once), so a node whose upstream is set right again recovers.
 """
 
 from __future__ import annotations
@@ -19,7 +29,8 @@ from typing import Callable
 import ujson
 
 from media.catalog import video_path
-from media.store import CaptionTrack, InvalidInput, NotFound, StoreError, VideoRecord, check_video_id
+from media.store import CaptionTrack, InvalidInput, NotFound, StoreError, Unavailable, VideoRecord, check_video_id
+from peers import hops
 from peers.upstream import Upstream
 
 log = logging.getLogger("binge.peers")
@@ -35,6 +46,9 @@ class UpstreamCatalog:
         self.on_change = on_change
         self.videos: dict[str, VideoRecord] = {}
         self.last_error: str | None = "the catalog has not been read yet"
+        # Whether a read ever succeeded, and the loop of upstreams the last read found, if any.
+        self.read_once = False
+        self.loop: str | None = None
         # id -> (the video object less its live fields, etag, last modified)
         self._validators: dict[str, tuple[str, str, float]] = {}
         self._refreshing: asyncio.Task | None = None
@@ -50,9 +64,30 @@ class UpstreamCatalog:
             except Exception:
                 log.exception("reading the upstream's catalog failed")
 
-    def refresh_soon(self) -> None:
+    def refresh_soon(self) -> asyncio.Task:
+        """Starts a refresh unless one started here is running; returns it.
+
+        The refresh carries the chain of the request that started it (see :mod:`peers.hops`).
+        """
         if self._refreshing is None or self._refreshing.done():
             self._refreshing = asyncio.ensure_future(self.refresh())
+        return self._refreshing
+
+    async def servable(self) -> dict[str, VideoRecord]:
+        """The catalog ``GET /videos`` answers with, by id.
+
+        Raises :class:`~peers.hops.LoopDetected` (508) while the last read
+        found a loop of upstreams. For a node below asking (a request with a
+        ``Binge-Via`` chain) while no read ever succeeded, reads now, on its
+        behalf, and raises the error (503, or 508) if that fails too.
+        """
+        if not self.read_once and hops.incoming():
+            await asyncio.shield(self.refresh_soon())
+            if not self.read_once and self.loop is None:
+                raise Unavailable(f"this node cannot read its upstream's catalog: {self.last_error}")
+        if self.loop is not None:
+            raise hops.LoopDetected(self.loop)
+        return self.videos
 
     def invalidate(self, video_id: str) -> None:
         """The video's bytes changed upstream: its validators are read again, now."""
@@ -68,11 +103,20 @@ class UpstreamCatalog:
                 if isinstance(record, BaseException) and not isinstance(record, (InvalidInput, NotFound)):
                     raise record
         except StoreError as e:
-            if self.last_error != str(e):
-                log.warning("cannot read the upstream's catalog: %s", e)
+            if isinstance(e, hops.LoopDetected):
+                # Once, not each time the ring is found from another of its nodes (another message).
+                if self.loop is None:
+                    log.error("cannot read the upstream's catalog: %s", e)
+                self.loop = str(e)
+            else:
+                if self.last_error != str(e):
+                    log.warning("cannot read the upstream's catalog: %s", e)
+                self.loop = None
             self.last_error = str(e)
             return
         self.last_error = None
+        self.loop = None
+        self.read_once = True
         problems = {str(r) for r in fresh if isinstance(r, StoreError)}
         for problem in problems - self._problems:
             log.warning("leaving a video of the upstream's catalog out: %s", problem)

@@ -13,7 +13,9 @@ fetched again from scratch; every peer that sent part of it is marked bad
 that dropped mid-piece is rarely missed). Bytes from the upstream that fail
 are not retried: the upstream is the trusted source, so the video changed
 under the manifest, or the upstream is broken; either way the read fails
-rather than serve wrong bytes.
+rather than serve wrong bytes. An upstream answering 508 found a loop of
+upstreams (:mod:`peers.hops`): the read fails at once with
+:class:`~peers.hops.LoopDetected`, since asking again cannot help.
 
 Peers are tried at most once per piece; the upstream is retried with a
 growing pause, until ``give_up`` seconds pass without a single new byte.
@@ -29,6 +31,7 @@ import time
 from typing import Callable
 
 from media.store import Unavailable
+from peers.hops import LoopDetected
 from peers.manifest import Manifest
 from peers.swarm import HAVE_TIMEOUT, Peer, Swarm
 from peers.transfer import TransferError, get_range
@@ -115,6 +118,8 @@ class PieceFetcher:
                     continue
                 if e.status == 412:
                     raise VideoChanged(f"video {self.manifest.video_id!r} changed upstream") from None
+                if e.status == LoopDetected.status:
+                    raise LoopDetected(e.detail or f"piece {n} of {self.manifest.video_id!r}: {e}") from None
                 if time.monotonic() - last_progress > self.give_up:
                     raise Unavailable(f"piece {n} of {self.manifest.video_id!r}: no source answers ({e})") from None
                 log.info("piece %d of %s from the upstream failed: %s", n, self.manifest.video_id, e)
@@ -142,9 +147,9 @@ class PieceFetcher:
             peer.busy -= 1
 
     async def _from_upstream(self, start: int, piece: _Partial) -> None:
-        url = self.upstream.video_url(self.manifest.video_id, "/stream")
         first, end = start + piece.received, start + len(piece.buffer)
-        chunks = get_range(url, first, end, self.upstream_stall, {"If-Match": self.manifest.etag})
+        chunks = self.upstream.stream_range(self.manifest.video_id, first, end, self.upstream_stall,
+                                            self.manifest.etag)
         async with contextlib.aclosing(chunks):
             async for chunk in chunks:
                 piece.add(chunk, None)

@@ -13,6 +13,10 @@ must be a 206 whose ``Content-Range`` is exactly the range asked for, with a
 than that 206, silence for ``stall`` seconds, a connection closed early —
 is a :class:`TransferError`, raised after whatever bytes did arrive were
 yielded, so the caller knows the exact byte to resume from.
+
+An error answer's JSON ``{"error": message}`` (what every Binge+ server
+sends) is kept as the TransferError's ``detail``, so a caller can pass on
+why the other server refused (a 508 naming a loop of upstreams, say).
 """
 
 from __future__ import annotations
@@ -31,38 +35,57 @@ CONNECT_TIMEOUT = 2.0
 # Largest read from a socket at once: what one chunk of a piece can be.
 READ_SIZE = 256 * 1024
 CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)\Z")
+# Largest error body read for its message.
+ERROR_BODY_MAX = 64 * 1024
 
 
 class TransferError(Exception):
-    """A request to another server failed; ``status`` is its HTTP status when it answered with one."""
+    """A request to another server failed.
 
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
+    ``status`` is its HTTP status when it answered with one, and ``detail``
+    the ``error`` of its JSON body when it had one.
+    """
+
+    def __init__(self, message: str, status: int | None = None, detail: str | None = None) -> None:
+        super().__init__(f"{message}: {detail}" if detail else message)
         self.status = status
+        self.detail = detail
 
 
-async def fetch(url: str, timeout: float, method: str = "GET") -> HTTPResponse:
-    """The answer to a GET or HEAD of ``url``; TransferError unless it is a 200."""
+async def fetch(
+    url: str, timeout: float, method: str = "GET", headers: dict[str, str] | None = None
+) -> HTTPResponse:
+    """The answer to a GET or HEAD of ``url`` (with ``headers``); TransferError unless it is a 200."""
     try:
         response = await AsyncHTTPClient().fetch(
-            url, method=method, connect_timeout=min(timeout, CONNECT_TIMEOUT), request_timeout=timeout,
-            raise_error=False,
+            url, method=method, headers=headers, connect_timeout=min(timeout, CONNECT_TIMEOUT),
+            request_timeout=timeout, raise_error=False,
         )
     except (OSError, HTTPClientError) as e:  # Tornado raises these even with raise_error=False
         raise TransferError(f"{method} {url}: {e}") from None
+    if response.code == 599:
+        raise TransferError(f"{method} {url}: {response.error}")
     if response.code != 200:
-        reason = response.error if response.code == 599 else f"HTTP {response.code}"
-        raise TransferError(f"{method} {url}: {reason}", None if response.code == 599 else response.code)
+        raise TransferError(f"{method} {url}: HTTP {response.code}", response.code, error_detail(response.body))
     return response
 
 
-async def get_json(url: str, timeout: float) -> object:
+async def get_json(url: str, timeout: float, headers: dict[str, str] | None = None) -> object:
     """The JSON document at ``url``; TransferError for anything but a 200 with JSON."""
-    response = await fetch(url, timeout)
+    response = await fetch(url, timeout, headers=headers)
     try:
         return ujson.loads(response.body)
     except ValueError:
         raise TransferError(f"GET {url}: the answer is not JSON") from None
+
+
+def error_detail(body: bytes | None) -> str | None:
+    """The ``error`` of a JSON error body, or None."""
+    try:
+        error = ujson.loads(body or b"").get("error")
+    except (ValueError, AttributeError):
+        return None
+    return error if isinstance(error, str) else None
 
 
 async def get_range(
@@ -115,10 +138,24 @@ async def _read_head(reader: asyncio.StreamReader, url: str, start: int, end: in
     except HTTPInputError:
         raise TransferError(f"{url}: not an HTTP answer") from None
     if status != 206:
-        raise TransferError(f"{url}: HTTP {status}", status)
+        raise TransferError(f"{url}: HTTP {status}", status, await _error_body(reader, response_headers, stall))
     match = CONTENT_RANGE.match(response_headers.get("Content-Range", ""))
     if not match or (int(match[1]), int(match[2]) + 1) != (start, end):
         raise TransferError(f"{url}: answered {response_headers.get('Content-Range')!r} for bytes {start}-{end - 1}")
     if response_headers.get("Content-Length") != str(end - start):
         raise TransferError(f"{url}: Content-Length {response_headers.get('Content-Length')!r} for {end - start} bytes")
     return end - start
+
+
+async def _error_body(reader: asyncio.StreamReader, headers: HTTPHeaders, stall: float) -> str | None:
+    """The message of an error answer's JSON body, when it is small and comes at once; else None."""
+    try:
+        length = int(headers.get("Content-Length", ""))
+    except ValueError:
+        return None
+    if not 0 < length <= ERROR_BODY_MAX:
+        return None
+    try:
+        return error_detail(await asyncio.wait_for(reader.readexactly(length), stall))
+    except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+        return None

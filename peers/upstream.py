@@ -1,21 +1,28 @@
 """A node's upstream — the origin, or a node nearer to it — as the node's store calls it.
 
+Every request to the upstream carries ``Binge-Via`` (:mod:`peers.hops`):
+the chain of the request being served, then this node's id
+(:attr:`Upstream.node_id`), so a loop of upstreams is refused at once.
+
 Every call maps the upstream's failures onto store errors: its 404 is
-:class:`NotFound`, anything else (refused, timed out, a 5xx, a bad answer)
-is :class:`Unavailable`, so handlers answer them as they would a local
-store's.
+:class:`NotFound`, its 508 is :class:`~peers.hops.LoopDetected` with the
+upstream's own message (the one naming the loop, passed down unchanged),
+anything else (refused, timed out, a 5xx, a bad answer) is
+:class:`Unavailable`, so handlers answer them as they would a local store's.
 """
 
 from __future__ import annotations
 
 import email.utils
+from typing import AsyncIterator
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from tornado.httpclient import HTTPResponse
 
 from media.store import NotFound, StoreError, Unavailable
+from peers import hops
 from peers.manifest import Manifest
-from peers.transfer import TransferError, fetch, get_json
+from peers.transfer import TransferError, fetch, get_json, get_range
 
 JSON_TIMEOUT = 5.0
 # The origin computes a manifest it has not made yet while the request waits.
@@ -23,8 +30,14 @@ MANIFEST_TIMEOUT = 120.0
 
 
 class Upstream:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, node_id: str | None = None) -> None:
         self.url = url.rstrip("/")
+        # This node's id in Binge-Via; drawn at random unless given.
+        self.node_id = node_id or hops.new_node_id()
+
+    def headers(self) -> dict[str, str]:
+        """The headers every request to the upstream carries: ``Binge-Via``."""
+        return hops.outgoing(self.node_id)
 
     def video_url(self, video_id: str, tail: str = "") -> str:
         return f"{self.url}/videos/{quote(video_id, safe='')}{tail}"
@@ -76,18 +89,32 @@ class Upstream:
         """The body of ``GET /videos/{id}{tail}`` (a caption track, a poster)."""
         return (await self._fetch(self.video_url(video_id, tail), "GET", JSON_TIMEOUT)).body
 
+    def stream_range(self, video_id: str, start: int, end: int, stall: float, etag: str) -> AsyncIterator[bytes]:
+        """Bytes ``start`` to ``end`` of the video's ``/stream``, only of the version ``etag`` names.
+
+        As :func:`peers.transfer.get_range`: TransferErrors, raised after the
+        bytes that did arrive, so the caller can resume (a 412 means the
+        video changed; a 508 a loop of upstreams).
+        """
+        headers = {"If-Match": etag, **self.headers()}
+        return get_range(self.video_url(video_id, "/stream"), start, end, stall, headers)
+
     async def _json(self, url: str, timeout: float) -> object:
         try:
-            return await get_json(url, timeout)
+            return await get_json(url, timeout, self.headers())
         except TransferError as e:
             raise _store_error(e) from None
 
     async def _fetch(self, url: str, method: str, timeout: float) -> HTTPResponse:
         try:
-            return await fetch(url, timeout, method)
+            return await fetch(url, timeout, method, self.headers())
         except TransferError as e:
             raise _store_error(e) from None
 
 
 def _store_error(e: TransferError) -> StoreError:
-    return NotFound(str(e)) if e.status == 404 else Unavailable(f"the upstream failed: {e}")
+    if e.status == 404:
+        return NotFound(str(e))
+    if e.status == hops.LoopDetected.status:
+        return hops.LoopDetected(e.detail or f"the upstream found a loop of upstreams: {e}")
+    return Unavailable(f"the upstream failed: {e}")

@@ -388,6 +388,8 @@ ODD_REQUESTS = {
     "star If-Match": request_bytes("GET", b"/videos/alpha/stream", If_Match="*"),
     "garbage dates on a poster": request_bytes("GET", b"/videos/alpha/poster", If_Modified_Since="\x01\x02"),
     "garbage Range on a static file": request_bytes("GET", b"/static/binge.css", Range="bytes=99999999-"),
+    "Binge-Via that is no chain of ids": request_bytes("GET", b"/videos", Binge_Via="a b,\x7f, ../x"),
+    "Binge-Via of 8 KiB": request_bytes("GET", b"/videos/alpha/manifest", Binge_Via="x" * 9000),
     "odd X-Forwarded-For": request_bytes("GET", b"/presence", X_Forwarded_For="\x7f, ,,, 1.2.3.4, ::ffff:1.1.1.1"),
     "long X-Forwarded-For": request_bytes("GET", b"/presence", X_Forwarded_For="1.1.1.1, " * 3000),
     "Content-Length on a GET": request_bytes("GET", b"/videos", Content_Length="5")[:-2] + b"\r\nhello",
@@ -460,7 +462,7 @@ def test_any_request_target_gets_a_clean_answer(clean, method, target):
 HEADER_NAMES = [
     "Range", "If-Range", "If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since", "Host",
     "X-Forwarded-For", "Content-Length", "Transfer-Encoding", "Connection", "Upgrade", "Origin", "Expect",
-    "Sec-WebSocket-Key", "Sec-WebSocket-Version", "Accept-Encoding", "Cookie",
+    "Sec-WebSocket-Key", "Sec-WebSocket-Version", "Accept-Encoding", "Cookie", "Binge-Via",
 ]
 HEADER_VALUES = [
     "bytes=0-0", "bytes=0-", "bytes=-1", "bytes=1-0", "bytes=0-1,2-3", "bytes=99999999999999999999-", "bytes=",
