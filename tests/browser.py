@@ -11,19 +11,15 @@ from __future__ import annotations
 import contextlib
 import http.server
 import os
-import subprocess
-import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Iterator
 
 import pytest
-import yaml
 
-from tests.loopback import free_port, stop_process
+from tests.server_process import ServerNotReady, ServerProcess
 
 REPO = Path(__file__).resolve().parent.parent
 SCREENSHOTS = REPO / "test-output" / "screenshots"
@@ -62,45 +58,23 @@ def running_server(library: Path, workdir: Path, port: int | None = None, **sect
 
     ``sections`` are further config sections (``peer={"upstream": ...}``
     makes a peer node). The server's log goes to ``workdir/server.log`` and
-    is quoted if it fails to start. It is stopped with SIGTERM, as an
-    operator would, and killed if it does not exit in time.
+    is quoted if it fails to start.
     """
-    config = workdir / "config.yaml"
-    config.write_text(yaml.safe_dump({
-        "server": {"host": "127.0.0.1"},
+    server = ServerProcess(workdir, {
+        "server": {"port": port} if port else {},
         "storage": {"backend": "filesystem", "library": str(library), "cache_dir": str(workdir / "cache"),
                     "scan_interval": 0.5},
         **sections,
-    }))
-    port = port or free_port()
-    log_path = workdir / "server.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "server.py", "--config", str(config), "--port", str(port)],
-            cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-        )
-    base_url = f"http://127.0.0.1:{port}"
+    })
     try:
-        _wait_until_serving(process, base_url, log_path)
-        yield base_url
+        server.start().wait_until_serving(SERVER_START_TIMEOUT)
+    except ServerNotReady as e:
+        server.stop()
+        pytest.fail(str(e), pytrace=False)
+    try:
+        yield server.url
     finally:
-        stop_process(process)
-
-
-def _wait_until_serving(process: subprocess.Popen, base_url: str, log_path: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}", pytrace=False)
-        try:
-            with urllib.request.urlopen(f"{base_url}/healthz", timeout=1) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError):
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"server did not answer within {SERVER_START_TIMEOUT:.0f} s:\n{log_path.read_text()[-3000:]}",
-                pytrace=False)
+        server.stop()
 
 
 @contextlib.contextmanager

@@ -9,17 +9,12 @@ where that is a failure.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import signal
-import subprocess
-import sys
 import time
 import uuid
 
 import pytest
 import ujson
-import yaml
 from tornado.httpclient import AsyncHTTPClient
 from tornado.websocket import websocket_connect
 
@@ -30,8 +25,7 @@ from presence.pravega_link import PRESENCE_STREAM
 from presence.shared import RemoteInstances, change_record, decode_record, gone_record, snapshot_record
 from presence.state import Change, Presence, SocketState
 from settings import settings_from_dict
-from tests.loopback import free_port
-from tests.pravega_server import ROOT
+from tests.server_process import ServerProcess
 
 # ---------------------------------------------------------------- the merge, no Pravega
 
@@ -207,60 +201,26 @@ INSTANCE_TIMEOUT = 3.0
 PROPAGATION = 2.0
 
 
-class Instance:
-    """One ``server.py`` on the Pravega store, logging to a file of its own."""
+class Instance(ServerProcess):
+    """One ``server.py`` on the Pravega store."""
 
     def __init__(self, folder, name: str, uri: str, scope: str, instance_timeout: float) -> None:
-        self.name = name
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.log_path = folder / f"{name}.log"
-        self.config_path = folder / f"{name}.yaml"
-        self.config_path.write_text(yaml.safe_dump({
-            "server": {"host": "127.0.0.1", "port": port, "shutdown_grace": 1},
+        super().__init__(folder, {
+            "server": {"shutdown_grace": 1},
             "storage": {"backend": "pravega", "cache_dir": str(folder / f"{name}-cache")},
             "pravega": {"controller_uri": uri, "scope": scope, "instance_timeout": instance_timeout},
-        }))
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> "Instance":
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, os.path.join(ROOT, "server.py"), "--config", str(self.config_path)],
-                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-            )
-        return self
+        }, name)
 
     async def ready(self, timeout: float = 20.0) -> None:
+        """Waits until the server answers and has replayed the catalog."""
+        await self.serving(timeout)
         deadline = time.monotonic() + timeout
-        while True:
-            assert self.process.poll() is None, f"{self.name} exited:\n{self.log_tail()}"
-            try:
-                if await get_json(f"{self.url}/videos"):
-                    return
-            except OSError:
-                pass
+        while not await get_json(f"{self.url}/videos"):
             assert time.monotonic() < deadline, f"{self.name} not ready:\n{self.log_tail()}"
             await asyncio.sleep(0.1)
 
     async def presence(self) -> dict:
         return await get_json(f"{self.url}/presence")
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def log_tail(self) -> str:
-        return "".join(self.log_path.read_text(errors="replace").splitlines(keepends=True)[-30:])
 
 
 async def get_json(url: str):

@@ -21,22 +21,19 @@ import hashlib
 import os
 import re
 import socket
-import subprocess
-import sys
 import time
 
 import pytest
 import ujson
-import yaml
 from tornado.httpclient import AsyncHTTPClient
 from tornado.iostream import IOStream
 from tornado.websocket import websocket_connect
 
 import handlers.stream
 from tests.conftest import make_config
-from tests.loopback import PeakRss, free_port, open_fds, rss_kib, stop_process
+from tests.loopback import PeakRss, open_fds, rss_kib
+from tests.server_process import ServerProcess
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MiB = 1024 * 1024
 VIDEO_SIZE = 64 * MiB
 STALLED = 200
@@ -149,9 +146,8 @@ def server(tmp_path):
     library = tmp_path / "library"
     library.mkdir()
     video = write_video(str(library), "big", VIDEO_SIZE)
-    port = free_port()
-    config = {
-        "server": {"host": "127.0.0.1", "port": port, "stall_timeout": STALL_TIMEOUT, "shutdown_grace": 1},
+    server = ServerProcess(tmp_path, {
+        "server": {"stall_timeout": STALL_TIMEOUT, "shutdown_grace": 1},
         "storage": {"library": str(library), "cache_dir": str(tmp_path / "cache")},
         # The drivers change presence faster than a person would; every client is 127.0.0.1.
         "limits": {"streams_per_ip": 4 * STALLED, "sockets_per_ip": 4 * STALLED},
@@ -160,26 +156,12 @@ def server(tmp_path):
         # 10 s + 10 s that second path alone nearly fills the test's deadline
         # on a busy machine.
         "presence": {"ping_interval": 4, "ping_timeout": 4},
-    }
-    with open(tmp_path / "config.yaml", "w") as f:
-        yaml.safe_dump(config, f)
-    with open(tmp_path / "server.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "server.py"), "--config",
-                                 str(tmp_path / "config.yaml"), "--log-level", "WARNING"],
-                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    }, log_level="WARNING")
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert proc.poll() is None, (tmp_path / "server.log").read_text()
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "server.py did not start listening"
-                time.sleep(0.1)
-        yield proc, port, video
+        server.start().wait_until_serving()
+        yield server.process, server.port, video
     finally:
-        stop_process(proc)
+        server.stop()
 
 
 def test_stalled_clients_are_dropped_and_cost_bounded_memory(server):
