@@ -1,7 +1,7 @@
 """The server's side of its Pravega worker processes (see :mod:`media.pravega_worker`).
 
 :class:`ReaderPool` reads byte ranges of streams; :class:`EventAppender`
-creates event streams and appends to them.
+creates event streams and appends to them, and lists and deletes them.
 
 Each worker is a child process joined to the server by a socket pair that
 the event loop watches, so waiting on Pravega never blocks the loop. A reply
@@ -365,3 +365,15 @@ class EventAppender:
 
     async def append(self, stream: str, event: bytes) -> None:
         await self._slot.request(proto.APPEND_TO, stream.encode() + b"\n" + event, f"an append to {stream!r}")
+
+    async def delete(self, prefix: str) -> list[str]:
+        """Seals and deletes every stream whose name starts with ``prefix``; returns their names."""
+        request = ujson.dumps({"prefix": prefix}).encode()
+        answer = await self._slot.request(proto.DELETE, request, f"deleting the streams {prefix}…")
+        return ujson.loads(bytes(answer))["deleted"]
+
+    async def list(self, prefix: str) -> dict[str, int]:
+        """The streams whose names start with ``prefix``, and their lengths in bytes."""
+        request = ujson.dumps({"prefix": prefix}).encode()
+        answer = await self._slot.request(proto.LIST, request, f"listing the streams {prefix}…")
+        return ujson.loads(bytes(answer))["streams"]

@@ -26,6 +26,8 @@ APPEND = 3  # one event to append to the followed stream, as is; not answered
 # Server -> appender worker; each is answered with DATA or ERROR.
 CREATE = 5  # JSON {"stream", "replacing"}: answered with JSON {"tail"}, see EventAppender.create
 APPEND_TO = 6  # the stream's name, b"\n", one event: appended and flushed; answered with no bytes
+DELETE = 7  # JSON {"prefix"}: every stream named prefix… sealed and deleted; answered with JSON {"deleted": [names]}
+LIST = 8  # JSON {"prefix"}: answered with JSON {"streams": {name: tail}}, the streams named prefix… and their lengths
 
 # Reader and appender workers -> server.
 DATA = 16  # exactly the bytes asked for, or the answer described above

@@ -6,7 +6,7 @@
 
 ``reader`` answers READ requests one at a time with the bytes asked for.
 ``appender`` creates event streams and appends events to them, keeping
-one writer per stream.
+one writer per stream; it also lists and deletes streams by name prefix.
 ``follow`` replays an event stream of one segment (the catalog, presence)
 from its head, then polls its tail and sends each new event; between polls
 it appends the events the server sends it. After any failure it starts over
@@ -98,20 +98,29 @@ class ByteStreamPool:
         self._active: dict[str, tuple[str, object]] = {}
         self._idle: collections.OrderedDict[tuple[str, int], object] = collections.OrderedDict()
         self._opened = 0
+        # Objects opened so far; a read that opened none used one opened before.
+        self._opened_new = 0
         self._pieces: list[bytearray] = []
 
     def read(self, reader: str, stream: str, offset: int, length: int) -> list[memoryview]:
         """The bytes asked for, as views that the next read overwrites."""
         entry = self._active.get(reader)
+        opened = self._opened_new
         if entry is None or entry[0] != stream:
             entry = (stream, self._checkout(stream))
             self._active[reader] = entry
         try:
             return read_range(entry[1], offset, length, self._pieces)
-        except PravegaError:
+        except PravegaError as e:
             # The object may be mid-read or broken: never hand it out again.
             del self._active[reader]
-            raise
+            if e.kind != "not_found" or self._opened_new != opened:
+                raise
+            # An object opened earlier finds no segment: the stream may have been deleted and created
+            # again under its name since (a node's evicted pieces, fetched anew). Those are stale.
+            for key in [key for key in self._idle if key[0] == stream]:
+                del self._idle[key]
+            return self.read(reader, stream, offset, length)
 
     def release(self, reader: str) -> None:
         entry = self._active.pop(reader, None)
@@ -127,7 +136,9 @@ class ByteStreamPool:
             if key[0] == stream:
                 return self._idle.pop(key)
         with calling(f"opening stream {stream!r}"):
-            return self.manager.create_byte_stream(self.scope, stream)
+            stream_object = self.manager.create_byte_stream(self.scope, stream)
+        self._opened_new += 1
+        return stream_object
 
 
 def serve_reads(sock: socket.socket, controller_uri: str, scope: str) -> None:
@@ -176,6 +187,13 @@ def serve_appends(sock: socket.socket, controller_uri: str, scope: str) -> None:
                     del writers[stream]
                     raise
                 answer = ""
+            elif kind == proto.DELETE:
+                deleted = delete_streams(manager, scope, ujson.loads(payload)["prefix"])
+                for name in deleted:
+                    writers.pop(name, None)
+                answer = ujson.dumps({"deleted": deleted})
+            elif kind == proto.LIST:
+                answer = ujson.dumps({"streams": list_streams(manager, scope, ujson.loads(payload)["prefix"])})
             else:
                 raise ValueError(f"unknown request kind {kind}")
         except PravegaError as e:
@@ -190,16 +208,52 @@ def create_stream(manager, scope: str, stream: str, replacing: str) -> tuple[int
     Returns the stream's length and the names deleted.
     """
     ensure_event_stream(manager, scope, stream)
-    deleted = []
-    if replacing:
-        with calling(f"listing the streams of {scope!r}"):
-            deleted = [name for name in manager.list_stream(scope) if name.startswith(replacing) and name != stream]
-        for name in deleted:
-            with calling(f"deleting stream {name!r}"):
-                manager.seal_stream(scope, name)
-                manager.delete_stream(scope, name)
+    deleted = delete_streams(manager, scope, replacing, keep=stream) if replacing else []
     with calling(f"measuring {stream!r}"):
         return manager.create_byte_stream(scope, stream).current_tail_offset(), deleted
+
+
+def _names(manager, scope: str, prefix: str) -> list[str]:
+    with calling(f"listing the streams of {scope!r}"):
+        return [name for name in manager.list_stream(scope) if name.startswith(prefix)]
+
+
+def delete_streams(manager, scope: str, prefix: str, keep: str | None = None) -> list[str]:
+    """Seals and deletes every stream named ``prefix…`` but ``keep``; returns their names.
+
+    Pravega deletes only sealed streams. A scope that does not exist has none.
+    """
+    if not prefix:
+        raise ValueError("deleting streams needs a prefix")
+    try:
+        names = [name for name in _names(manager, scope, prefix) if name != keep]
+    except PravegaError as e:
+        if e.kind == "not_found":
+            return []
+        raise
+    for name in names:
+        with calling(f"deleting stream {name!r}"):
+            manager.seal_stream(scope, name)
+            manager.delete_stream(scope, name)
+    return names
+
+
+def list_streams(manager, scope: str, prefix: str) -> dict[str, int]:
+    """The streams named ``prefix…`` and their lengths in bytes; one that cannot be measured is left out."""
+    try:
+        names = _names(manager, scope, prefix)
+    except PravegaError as e:
+        if e.kind == "not_found":
+            return {}
+        raise
+    found = {}
+    for name in names:
+        try:
+            with calling(f"measuring {name!r}"):
+                found[name] = manager.create_byte_stream(scope, name).current_tail_offset()
+        except PravegaError as e:
+            log.warning("not listing %s: %s", name, e)
+    return found
 
 
 def follow_stream(
