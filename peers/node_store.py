@@ -20,6 +20,15 @@ offsets in sparse files in ``<storage.library>/.pieces``
 Pravega, the verified prefix of each video in an event stream of
 ``pravega.scope`` (:mod:`peers.pravega_pieces`), other ranges streamed
 through.
+
+What is kept is bounded by ``peer.max_held_bytes``: after each piece kept,
+at the end of each read and at start (counting what earlier runs left), the
+store asks :class:`~peers.eviction.HeldPieces` which videos to evict and
+removes all their pieces for good, least recently read first. Never evicted:
+a video being read, or read in the last ``peer.evict_idle_seconds``, or with
+pieces being fetched, or watched by one of the node's clients on its
+presence websocket (a paused player reads nothing, yet its viewer is
+still there).
 """
 
 from __future__ import annotations
@@ -29,16 +38,18 @@ import contextlib
 import hashlib
 import logging
 import os
+import time
 from typing import AsyncIterator, Callable
 from urllib.parse import quote
 
 from media.single_flight import SingleFlight
-from media.store import NotFound, Store, Unavailable, VideoRecord
+from media.store import NotFound, Store, StoreError, Unavailable, VideoRecord
 from peers.announce import Announcer
 from peers.catalog import UpstreamCatalog
+from peers.eviction import HeldPieces
 from peers.fetcher import PieceFetcher, VideoChanged
 from peers.manifest import Manifest
-from peers.pieces import PieceStorage, SparseFilePieces
+from peers.pieces import PieceStorage, SparseFilePieces, stored_on_disk
 from peers.pravega_pieces import PieceStreams
 from peers.session import VideoSession
 from peers.swarm import Swarm
@@ -62,12 +73,20 @@ class PeerNodeStore(Store):
         self.catalog = UpstreamCatalog(self.upstream, config.storage.scan_interval, self._catalog_changed)
         self._piece_streams: PieceStreams | None = None
         self._new_storage: Callable[[str], PieceStorage]
+        self._pieces_folder: str | None = None
         if config.storage.backend == "pravega":
             self._piece_streams = PieceStreams(config.pravega)
             self._new_storage = self._piece_streams.storage
         else:
-            folder = os.path.join(config.storage.library, ".pieces")
+            folder = self._pieces_folder = os.path.join(config.storage.library, ".pieces")
             self._new_storage = lambda video_id: SparseFilePieces(folder, video_id)
+        # Bytes of pieces held by video, and when each was last read: what to evict (see peers.eviction).
+        self.held = HeldPieces(config.peer.max_held_bytes, config.peer.evict_idle_seconds)
+        self.evictions = 0
+        self._presence: Presence | None = None
+        self._check_handle: asyncio.Handle | None = None
+        self._recheck_handle: asyncio.TimerHandle | None = None
+        self._counting: asyncio.Task | None = None
         # Peers that sent bytes failing verification, for every video.
         self.bad_peers: set[str] = set()
         # video id -> bytes served to this node's readers, by source (see peers.session).
@@ -83,15 +102,51 @@ class PeerNodeStore(Store):
     async def start(self) -> None:
         if self._piece_streams:
             self._piece_streams.start()
+            # Pravega may be slow or away: serving starts without waiting for the count.
+            self._counting = asyncio.ensure_future(self._count_stored_streams())
+        else:
+            self._count_stored_files(await asyncio.get_running_loop().run_in_executor(
+                None, stored_on_disk, self._pieces_folder))
         await self.catalog.refresh()
         self._follow_task = asyncio.ensure_future(self.catalog.follow())
 
+    def _count_stored_files(self, found: dict[str, tuple[int, float | None]]) -> None:
+        """Counts the pieces earlier runs left on disk, each video last read when its record was last touched."""
+        monotonic_offset = time.time() - time.monotonic()
+        for video_id, (nbytes, last_read) in found.items():
+            self.held.stored(video_id, nbytes, None if last_read is None else last_read - monotonic_offset)
+        if found:
+            log.info("holding %d bytes of pieces of %d videos from earlier runs", self.held.total, len(found))
+        self._check_soon()
+
+    async def _count_stored_streams(self) -> None:
+        try:
+            found = await self._piece_streams.stored()
+        except StoreError as e:
+            log.warning("cannot count the pieces earlier runs kept in Pravega; they are not evicted: %s", e)
+            return
+        for video_id, nbytes in found.items():
+            storage = self._storages.get(video_id)
+            if storage is None or storage.manifest is None:  # an open one counts itself
+                self.held.stored(video_id, nbytes)
+        if found:
+            log.info("holding %d bytes of pieces of %d videos in Pravega from earlier runs", sum(found.values()),
+                     len(found))
+        self._check_soon()
+
     def announce(self, presence: Presence) -> None:
-        """Mirrors ``presence`` (this node's clients) onto the upstream's, see :mod:`peers.announce`."""
+        """Mirrors ``presence`` (this node's clients) onto the upstream's, see :mod:`peers.announce`.
+
+        The videos watched there are also never evicted.
+        """
+        self._presence = presence
         self._announcer = Announcer(presence, self.upstream.presence_url(), self.public_url)
         self._announcer.start()
 
     async def close(self) -> None:
+        for handle in (self._check_handle, self._recheck_handle, self._counting):
+            if handle is not None:
+                handle.cancel()
         if self._follow_task:
             self._follow_task.cancel()
         if self._announcer:
@@ -146,21 +201,76 @@ class PeerNodeStore(Store):
         await storage.adopt(manifest)
         swarm = Swarm(self.upstream, manifest, self.public_url, self.bad_peers)
         fetcher = PieceFetcher(manifest, swarm, self.upstream, on_bad_piece=self.on_bad_piece)
-        session = VideoSession(manifest, storage, fetcher, self.source_counts(video.id))
+        session = VideoSession(manifest, storage, fetcher, self.source_counts(video.id), on_kept=self._check_soon)
         # Readers arriving meanwhile wait on this opening too, rather than skip past the peers.
         await swarm.refresh(DISCOVERY_WAIT)
         self._sessions[video.id] = session
         return session
 
     async def read(self, video: VideoRecord, start: int, end: int, chunk_size: int) -> AsyncIterator[memoryview]:
-        session = await self.session(video)
+        # First of all: from here on the video's pieces are not evicted, even while its session opens.
+        self.held.read_began(video.id, time.monotonic())
         try:
+            session = await self.session(video)
             async with contextlib.aclosing(session.read(start, end, chunk_size)) as chunks:
                 async for chunk in chunks:
                     yield chunk
         except VideoChanged:
             self.catalog.invalidate(video.id)
             raise
+        finally:
+            self.held.read_ended(video.id, time.monotonic())
+            storage = self._storages.get(video.id)
+            if storage is not None:
+                storage.touch()
+            self._check_soon()
+
+    # --- keeping within peer.max_held_bytes (see peers.eviction) ---------------
+
+    def _check_soon(self) -> None:
+        """Looks at what is held once the current burst of pieces and reads is handled, not after each."""
+        if self._check_handle is None:
+            self._check_handle = asyncio.get_running_loop().call_soon(self._evict_over_limit)
+
+    def _evict_over_limit(self) -> None:
+        self._check_handle = None
+        for video_id, storage in self._storages.items():
+            if storage.manifest is not None:  # else what it holds is not known yet; what was counted stands
+                self.held.stored(video_id, storage.held_bytes())
+        now = time.monotonic()
+        pinned = self._pinned()
+        for video_id in self.held.victims(now, pinned):
+            self.evict(video_id)
+        if self._recheck_handle is not None:
+            self._recheck_handle.cancel()
+            self._recheck_handle = None
+        when = self.held.next_check(now, pinned)
+        if when is not None:
+            # Over the limit with videos read moments ago: look again once the first of them may go.
+            self._recheck_handle = asyncio.get_running_loop().call_later(when - now + 0.01, self._check_soon)
+        elif self.held.total > self.held.limit:
+            log.debug("holding %d bytes of pieces, over peer.max_held_bytes, all of them in use", self.held.total)
+
+    def _pinned(self) -> set[str]:
+        """Videos whose pieces are being fetched, or that a client of this node watches."""
+        pinned = {video_id for video_id, session in self._sessions.items() if session.busy()}
+        if self._presence is not None:
+            pinned |= {video_id for video_id in self.held.videos() if self._presence.watchers(video_id)}
+        return pinned
+
+    def evict(self, video_id: str) -> None:
+        """Removes every piece of the video the node holds, for good; it is fetched again when next read."""
+        nbytes = self.held.bytes_of(video_id)
+        session = self._sessions.pop(video_id, None)
+        if session is not None:
+            session.close()
+        # One not open (left by an earlier run) is opened only to be discarded.
+        storage = self._storages.pop(video_id, None) or self._new_storage(video_id)
+        storage.discard()
+        self.held.forget(video_id)
+        self.evictions += 1
+        log.info("evicted the %d bytes of pieces held of %s, the least recently read, to keep within "
+                 "peer.max_held_bytes (%d); %d bytes held now", nbytes, video_id, self.held.limit, self.held.total)
 
     async def caption_source(self, video: VideoRecord, lang: str) -> tuple[bytes, str]:
         if video.caption(lang) is None:
@@ -182,5 +292,8 @@ class PeerNodeStore(Store):
             "publicUrl": self.public_url,
             "videos": len(self.catalog.videos),
             "piecesHeld": {video_id: len(s.held()) for video_id, s in self._storages.items()},
+            "heldBytes": self.held.total,
+            "maxHeldBytes": self.held.limit,
+            "evictions": self.evictions,
             **({"error": error} if error else {}),
         }

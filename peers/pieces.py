@@ -20,6 +20,14 @@ Pieces read back for the node's own clients (:meth:`PieceStorage.get`) are
 hashed again, so a disk that corrupted them is caught: the piece is dropped
 and fetched anew. Pieces read for other nodes (:meth:`PieceStorage.raw`)
 are not, since every receiver verifies what it gets anyway.
+
+A node holds at most ``peer.max_held_bytes`` of pieces (see
+:mod:`peers.eviction`): :meth:`PieceStorage.held_bytes` is what a storage
+counts toward it and :meth:`PieceStorage.discard` removes a video's pieces
+for good. What an earlier run left in ``.pieces/`` is found by
+:func:`stored_on_disk`, and ``ID.have.json``'s modification time says when
+the video was last read (:meth:`SparseFilePieces.touch`), so the least
+recently read go first after a restart too.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import time
 
 import ujson
 
@@ -38,6 +47,9 @@ from peers.manifest import Manifest
 log = logging.getLogger("binge.peers")
 
 SAVE_DELAY = 0.5
+# Seconds between two updates of a have record's modification time for reads (see SparseFilePieces.touch).
+TOUCH_EVERY = 30.0
+KINDS = ("have.json", "manifest.json", "data")
 
 
 class PieceStorage(abc.ABC):
@@ -85,6 +97,31 @@ class PieceStorage(abc.ABC):
     def close(self) -> None:
         """Saves what must be saved and releases files."""
 
+    @abc.abstractmethod
+    def discard(self) -> None:
+        """Removes every piece from storage for good, and forgets them: the video was evicted.
+
+        The storage holds nothing afterwards and keeps nothing it is given.
+        """
+
+    def held_bytes(self) -> int:
+        """Bytes of the pieces held: what this video counts toward ``peer.max_held_bytes``."""
+        held = self.held()
+        if self.manifest is None or not held:
+            return 0
+        return pieces_bytes(self.manifest, len(held), self.manifest.piece_count - 1 in held)
+
+    def touch(self) -> None:
+        """A client of the node just read the video; a storage that can keep that over a restart does."""
+
+
+def pieces_bytes(manifest: Manifest, count: int, with_last: bool) -> int:
+    """Bytes of ``count`` pieces of ``manifest``, one of them the last (shorter) one when ``with_last``."""
+    if count <= 0:
+        return 0
+    last = manifest.size - (manifest.piece_count - 1) * manifest.piece_size
+    return (count - 1) * manifest.piece_size + (last if with_last else manifest.piece_size)
+
 
 def _sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
@@ -98,7 +135,12 @@ class SparseFilePieces(PieceStorage):
         self.video_id = video_id
         self._held: set[int] = set()
         self._fd: int | None = None
+        # Reads and writes running in threads, by file descriptor: a descriptor is closed only once its
+        # are over, or a number reused meanwhile for another file would take their bytes.
+        self._in_flight: dict[int, int] = {}
+        self._closing: set[int] = set()
         self._save_handle: asyncio.TimerHandle | None = None
+        self._touched = -TOUCH_EVERY
         self.manifest = self._load()
 
     def _path(self, kind: str) -> str:
@@ -107,13 +149,7 @@ class SparseFilePieces(PieceStorage):
     def _load(self) -> Manifest | None:
         """The manifest and held pieces left by an earlier run, if they agree with each other."""
         try:
-            with open(self._path("manifest.json"), "rb") as f:
-                manifest = Manifest.from_json(ujson.loads(f.read()))
-            with open(self._path("have.json"), "rb") as f:
-                record = ujson.loads(f.read())
-            if not isinstance(record, dict) or record.get("root") != manifest.root:
-                raise ValueError("the record of held pieces is for another manifest")
-            held = from_ranges(record.get("pieces"), manifest.piece_count)
+            manifest, held = _read_record(self.folder, self.video_id)
             self._fd = os.open(self._path("data"), os.O_RDWR)
         except FileNotFoundError:
             return None
@@ -154,8 +190,11 @@ class SparseFilePieces(PieceStorage):
     async def put(self, n: int, data: bytes) -> None:
         if self._fd is None or n in self._held:
             return
+        fd = self._fd
         offset = self.manifest.piece_range(n)[0]
-        await asyncio.get_running_loop().run_in_executor(None, os.pwrite, self._fd, data, offset)
+        await self._io(os.pwrite, data, offset)
+        if self._fd != fd:
+            return  # closed, evicted or replaced by another version meanwhile: the piece is not theirs
         self._held.add(n)
         self._save_soon()
 
@@ -163,7 +202,32 @@ class SparseFilePieces(PieceStorage):
         if n not in self._held:
             return None
         start, end = self.manifest.piece_range(n)
-        return await asyncio.get_running_loop().run_in_executor(None, os.pread, self._fd, end - start, start)
+        return await self._io(os.pread, end - start, start)
+
+    async def _io(self, call, *args):
+        """``call(fd, *args)`` in a thread; the descriptor stays open until it returns, even if the caller goes."""
+        fd = self._fd
+        self._in_flight[fd] = self._in_flight.get(fd, 0) + 1
+        future = asyncio.get_running_loop().run_in_executor(None, call, fd, *args)
+        future.add_done_callback(lambda _: self._io_done(fd))
+        return await asyncio.shield(future)
+
+    def _io_done(self, fd: int) -> None:
+        self._in_flight[fd] -= 1
+        if not self._in_flight[fd]:
+            del self._in_flight[fd]
+            if fd in self._closing:
+                self._closing.discard(fd)
+                os.close(fd)
+
+    def _close_fd(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        if fd in self._in_flight:
+            self._closing.add(fd)
+        else:
+            os.close(fd)
 
     def drop(self, n: int) -> None:
         self._held.discard(n)
@@ -182,9 +246,103 @@ class SparseFilePieces(PieceStorage):
 
     def close(self) -> None:
         if self._fd is not None:
-            self._save()
-            os.close(self._fd)
-            self._fd = None
+            if self._save_handle is not None:
+                # Only a record with changes is written: its modification time says when the video was last used.
+                self._save()
+            self._close_fd()
+
+    def held_bytes(self) -> int:
+        if self.manifest is None:
+            return 0
+        return pieces_bytes(self.manifest, len(self._held), self.manifest.piece_count - 1 in self._held)
+
+    def discard(self) -> None:
+        # A few unlinks, as adopt does: done here and now, so no file of a new copy can come in between.
+        if self._save_handle is not None:
+            self._save_handle.cancel()
+            self._save_handle = None
+        self._close_fd()
+        self._held = set()
+        self.manifest = None
+        remove_stored(self.folder, self.video_id)
+
+    def touch(self) -> None:
+        """Sets the have record's modification time to now, at most every ``TOUCH_EVERY`` seconds.
+
+        :func:`stored_on_disk` takes it as the time of the last read, so a
+        video watched again from its held pieces, which rewrites no record,
+        is not taken for one nobody watched since it was fetched.
+        """
+        now = time.monotonic()
+        if self._fd is None or now - self._touched < TOUCH_EVERY:
+            return
+        self._touched = now
+        try:
+            os.utime(self._path("have.json"))
+        except OSError as e:
+            log.debug("cannot touch the have record of %s: %s", self.video_id, e)
+
+
+def _read_record(folder: str, video_id: str) -> tuple[Manifest, set[int]]:
+    """The manifest and the held pieces recorded for ``video_id`` in ``folder``; OSError or ValueError if unusable."""
+    with open(os.path.join(folder, f"{video_id}.manifest.json"), "rb") as f:
+        manifest = Manifest.from_json(ujson.loads(f.read()))
+    with open(os.path.join(folder, f"{video_id}.have.json"), "rb") as f:
+        record = ujson.loads(f.read())
+    if not isinstance(record, dict) or record.get("root") != manifest.root:
+        raise ValueError("the record of held pieces is for another manifest")
+    return manifest, from_ranges(record.get("pieces"), manifest.piece_count)
+
+
+def remove_stored(folder: str, video_id: str) -> None:
+    """Removes every file of ``video_id`` from ``folder``; the record first, so a crash never leaves it vouching for bytes gone."""
+    for kind in KINDS:
+        for name in (f"{video_id}.{kind}", f"{video_id}.{kind}.part"):
+            try:
+                os.remove(os.path.join(folder, name))
+            except FileNotFoundError:
+                pass
+
+
+def stored_on_disk(folder: str) -> dict[str, tuple[int, float | None]]:
+    """What earlier runs left in ``folder``: video id -> (bytes held, when last read as a ``time.time()``).
+
+    A video whose record does not load (a crash mid-adopt, a damaged file)
+    holds nothing usable; it is listed with the disk space its files take
+    and no time, so it is the first to go.
+    """
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return {}
+    ids = set()
+    for name in names:
+        for kind in KINDS:
+            for suffix in (f".{kind}", f".{kind}.part"):
+                if name.endswith(suffix) and len(name) > len(suffix):
+                    ids.add(name[: -len(suffix)])
+    found: dict[str, tuple[int, float | None]] = {}
+    for video_id in ids:
+        try:
+            manifest, held = _read_record(folder, video_id)
+            os.stat(os.path.join(folder, f"{video_id}.data"))
+        except (OSError, ValueError):
+            found[video_id] = (_disk_usage(folder, video_id), None)
+            continue
+        nbytes = pieces_bytes(manifest, len(held), manifest.piece_count - 1 in held)
+        found[video_id] = (nbytes, os.stat(os.path.join(folder, f"{video_id}.have.json")).st_mtime)
+    return found
+
+
+def _disk_usage(folder: str, video_id: str) -> int:
+    total = 0
+    for kind in KINDS:
+        for name in (f"{video_id}.{kind}", f"{video_id}.{kind}.part"):
+            try:
+                total += os.stat(os.path.join(folder, name)).st_blocks * 512
+            except OSError:
+                pass
+    return total
 
 
 def _write_atomically(path: str, obj: object) -> None:

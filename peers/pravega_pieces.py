@@ -30,6 +30,14 @@ anything but the manifest's bytes costs a refetch, never a wrong byte.
 
 Nothing here may hold a reader up: while the node's Pravega does not
 answer, a video is served as if nothing were kept.
+
+Evicting a video (see :mod:`peers.eviction`) seals and deletes every stream
+named for it (:meth:`PravegaPrefixPieces.discard`). The appender worker
+takes requests in order, so a stream created for the video after that is a
+fresh one. At start the node lists the ``p-`` streams of its scope and
+reads their headers (:meth:`PieceStreams.stored`), so what an earlier run
+kept counts toward ``peer.max_held_bytes`` too; Pravega records no time of
+last use, so those go first, in no particular order among themselves.
 """
 
 from __future__ import annotations
@@ -45,7 +53,7 @@ from media.pravega_catalog import id_for_stream_names
 from media.pravega_pool import EventAppender, ReaderPool
 from media.store import StoreError
 from peers.manifest import Manifest
-from peers.pieces import PieceStorage
+from peers.pieces import PieceStorage, pieces_bytes
 from peers.session import READ_AHEAD
 from settings import PravegaSettings
 
@@ -58,10 +66,14 @@ EVENT_FRAME = struct.Struct(">ii")
 MAX_EVENT = 8 * 1024 * 1024
 # How long opening a video's stream may hold up its first read; it goes on after that.
 OPEN_WAIT = 1.0
+# Every stream of pieces is named "p-...", and nothing else in the scope is.
+STREAMS_PREFIX = "p-"
+# A header longer than this is not one of ours.
+MAX_HEADER = 64 * 1024
 
 
 def stream_prefix(video_id: str) -> str:
-    return f"p-{id_for_stream_names(video_id)}-"
+    return f"{STREAMS_PREFIX}{id_for_stream_names(video_id)}-"
 
 
 class PieceStreams:
@@ -81,6 +93,57 @@ class PieceStreams:
 
     def storage(self, video_id: str) -> PravegaPrefixPieces:
         return PravegaPrefixPieces(self, video_id)
+
+    async def stored(self) -> dict[str, int]:
+        """What earlier runs kept: video id -> bytes of pieces in its streams.
+
+        The video's id is in each stream's header (its name has only a hash
+        of it). A stream whose header cannot be read is left out and logged:
+        it is not known to be ours to count or to delete.
+        """
+        found: dict[str, int] = {}
+        for stream, tail in (await self.appender.list(STREAMS_PREFIX)).items():
+            try:
+                header = await self._header_of(stream, tail)
+                video_id = header["id"]
+                nbytes = _prefix_bytes(header["size"], header["pieceSize"], EVENT_FRAME.size + header["length"], tail)
+            except (StoreError, ValueError, KeyError, TypeError) as e:
+                log.warning("not counting Pravega stream %s toward peer.max_held_bytes: %s", stream, e)
+                continue
+            if stream_prefix(video_id) != stream[: len(stream_prefix(video_id))]:
+                log.warning("not counting Pravega stream %s: its header names video %r", stream, video_id)
+                continue
+            found[video_id] = found.get(video_id, 0) + nbytes
+        return found
+
+    async def _header_of(self, stream: str, tail: int) -> dict:
+        frame = bytearray(EVENT_FRAME.size)
+        with self.readers.session() as session:
+            if tail < len(frame):
+                raise ValueError(f"{tail} bytes long, shorter than a header")
+            await session.read_into(stream, 0, memoryview(frame))
+            _, length = EVENT_FRAME.unpack(frame)
+            if not 0 < length <= min(MAX_HEADER, tail - len(frame)):
+                raise ValueError(f"a header of {length} bytes")
+            data = bytearray(length)
+            await session.read_into(stream, len(frame), memoryview(data))
+        header = ujson.loads(bytes(data))
+        if not isinstance(header, dict) or header.get("v") != HEADER_VERSION:
+            raise ValueError(f"not a header of pieces: {bytes(data)[:200]!r}")
+        if not all(isinstance(header.get(k), int) and header[k] > 0 for k in ("size", "pieceSize")):
+            raise ValueError(f"a header without sizes: {bytes(data)[:200]!r}")
+        return {**header, "length": length}
+
+
+def _prefix_bytes(size: int, piece_size: int, base: int, tail: int) -> int:
+    """Bytes of the pieces a stream ``tail`` bytes long holds, its header ending at ``base`` (see _Layout)."""
+    count = -(-size // piece_size)
+    last = size - (count - 1) * piece_size
+    per = EVENT_FRAME.size + piece_size
+    held = min(count, max(0, tail - base) // per)
+    if held == count - 1 and tail >= base + held * per + EVENT_FRAME.size + last:
+        held = count
+    return held * piece_size - (piece_size - last if held == count else 0)
 
 
 class _Layout:
@@ -128,6 +191,8 @@ class PravegaPrefixPieces(PieceStorage):
         self._keeping = False
         self._opening: asyncio.Task | None = None
         self._appending: asyncio.Task | None = None
+        # Deleting the video's streams, once evicted.
+        self.deleting: asyncio.Task | None = None
 
     def held(self) -> set[int]:
         return set(range(self._prefix)) | self._waiting.keys()
@@ -254,3 +319,32 @@ class PravegaPrefixPieces(PieceStorage):
             if task is not None:
                 task.cancel()
         self._waiting.clear()
+
+    def held_bytes(self) -> int:
+        # What is in Pravega: pieces waiting in memory to go in do not take its space.
+        if self.manifest is None:
+            return 0
+        return pieces_bytes(self.manifest, self._prefix, self._prefix == self.manifest.piece_count)
+
+    def discard(self) -> None:
+        """Forgets the pieces at once and has every stream of the video sealed and deleted.
+
+        The request is sent ahead of any that a new copy of the video would
+        send (tasks take their first step in the order they were made, and
+        the appender worker answers requests in the order they came), so a
+        stream created for the video afterwards is a fresh one.
+        """
+        self.close()
+        self.manifest, self.stream, self._layout, self._prefix = None, None, None, 0
+        self._stop_keeping()
+        self.deleting = asyncio.ensure_future(self._delete())
+
+    async def _delete(self) -> list[str]:
+        try:
+            deleted = await self.streams.appender.delete(stream_prefix(self.video_id))
+        except StoreError as e:
+            # It stays in Pravega, counted again at the node's next start.
+            log.warning("the Pravega streams of %s's pieces were not deleted: %s", self.video_id, e)
+            return []
+        log.info("deleted the Pravega streams of %s's pieces: %s", self.video_id, ", ".join(deleted) or "none")
+        return deleted

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from peers.fetcher import PieceFetcher, VideoChanged
 from peers.manifest import Manifest
@@ -33,12 +33,15 @@ MAX_IN_FLIGHT = 4
 
 class VideoSession:
     def __init__(
-        self, manifest: Manifest, storage: PieceStorage, fetcher: PieceFetcher, counters: dict[str, int]
+        self, manifest: Manifest, storage: PieceStorage, fetcher: PieceFetcher, counters: dict[str, int],
+        on_kept: Callable[[], None] = lambda: None,
     ) -> None:
         self.manifest = manifest
         self.storage = storage
         self.fetcher = fetcher
         self.counters = counters
+        # Told after each piece is kept: the node store then sees whether it holds too much (peers.eviction).
+        self.on_kept = on_kept
         self._fetches: dict[int, asyncio.Task] = {}
         # Pieces fetched and not yet served to their end once: piece -> "peers" | "origin".
         self._fresh: dict[int, str] = {}
@@ -100,7 +103,12 @@ class VideoSession:
         self._check_current()
         await self.storage.put(n, data)
         self._fresh[n] = kind
+        self.on_kept()
         return data
+
+    def busy(self) -> bool:
+        """Whether pieces are being fetched, read ahead for a reader that may have paused between requests."""
+        return bool(self._fetches)
 
     def _fetched(self, n: int, task: asyncio.Task) -> None:
         del self._fetches[n]

@@ -48,7 +48,7 @@ class Server:
     """One ``server.py`` process; ``upstream`` makes it a peer node."""
 
     def __init__(self, folder: str, name: str, upstream: str | None = None, piece_size: int = 64 * 1024,
-                 public_url: str | None = None, pravega: dict | None = None) -> None:
+                 public_url: str | None = None, pravega: dict | None = None, peer: dict | None = None) -> None:
         self.name = name
         self.folder = os.path.join(folder, name)
         self.library = os.path.join(self.folder, "library")
@@ -61,6 +61,8 @@ class Server:
         self.public_url = public_url or self.url
         # The ``pravega`` section of a node whose own store is Pravega.
         self.pravega = pravega
+        # More keys of the ``peer`` section (max_held_bytes, say); may be changed before a restart.
+        self.peer = dict(peer or {})
         self.config_path = os.path.join(self.folder, "config.yaml")
         self.log_path = os.path.join(self.folder, "server.log")
         self.process: subprocess.Popen | None = None
@@ -69,7 +71,7 @@ class Server:
         config = {
             "server": {"host": "127.0.0.1", "port": self.port, "shutdown_grace": 1},
             "storage": {"library": "library", "cache_dir": "cache", "scan_interval": 0.5},
-            "peer": {"piece_size": self.piece_size},
+            "peer": {"piece_size": self.piece_size, **self.peer},
         }
         if self.upstream:
             config["peer"].update(upstream=self.upstream, public_url=self.public_url)
