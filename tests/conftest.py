@@ -18,7 +18,8 @@ import pytest
 from media.probe import poster_jpeg, probe
 from media.sample import make_video, write_srt
 from media.store import NewVideo
-from settings import settings_from_dict
+from settings import PravegaSettings, settings_from_dict
+from tests.nodes import Server
 from tests.pravega_server import shared_controller
 
 SRT_EN = [(0.0, 1.5, "Hello & welcome"), (1.5, 3.0, "<i>Second</i> line"), (3.0, 3.9, "Third")]
@@ -127,3 +128,29 @@ def app(io_loop, config):
 def read_bytes(path: os.PathLike) -> bytes:
     with open(path, "rb") as f:
         return f.read()
+
+
+@pytest.fixture
+def servers(tmp_path):
+    """Real ``server.py`` processes (see tests/nodes.py): makes servers in ``tmp_path``; stops them all afterwards, and shows their logs if the test failed."""
+    made: list[Server] = []
+
+    def make(name: str, **kwargs) -> Server:
+        server = Server(str(tmp_path), name, **kwargs)
+        made.append(server)
+        return server
+
+    yield make
+    for server in made:
+        server.stop()
+        print(f"--- {server.name} ({server.url}) ---\n{server.log_tail()}")
+
+
+@pytest.fixture
+def pravega_settings(controller_uri):
+    """Settings for a scope of the test's own on the shared Pravega, deleted afterwards."""
+    from media.pravega_io import delete_scope, stream_manager
+
+    settings = PravegaSettings(controller_uri=controller_uri, scope=f"test-{os.urandom(6).hex()}")
+    yield settings
+    delete_scope(stream_manager(controller_uri), settings.scope)

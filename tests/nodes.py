@@ -9,7 +9,7 @@ with sequential HTTP Range requests, like a ``<video>`` element, optionally
 paced to a playback rate, timing each request.
 
 All of it runs on the caller's asyncio loop; servers are stopped by pid.
-Each server logs to ``server.log`` in its folder, at ``$BINGE_LOG_LEVEL``
+Each server logs to ``<name>.log`` in its folder, at ``$BINGE_LOG_LEVEL``
 (default INFO; DEBUG shows where every piece came from).
 """
 
@@ -19,20 +19,15 @@ import asyncio
 import hashlib
 import os
 import random
-import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 
 import ujson
-import yaml
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from tornado.websocket import websocket_connect
 
-from tests.loopback import free_port
+from tests.server_process import ServerProcess
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MiB = 1024 * 1024
 
 
@@ -44,17 +39,14 @@ def write_random_video(path: str, size: int, seed: int = 1) -> bytes:
     return data
 
 
-class Server:
-    """One ``server.py`` process; ``upstream`` makes it a peer node."""
+class Server(ServerProcess):
+    """One ``server.py`` process with a library of its own; ``upstream`` makes it a peer node."""
 
     def __init__(self, folder: str, name: str, upstream: str | None = None, piece_size: int = 64 * 1024,
                  public_url: str | None = None, pravega: dict | None = None, peer: dict | None = None) -> None:
-        self.name = name
-        self.folder = os.path.join(folder, name)
+        super().__init__(os.path.join(folder, name), {}, name)
         self.library = os.path.join(self.folder, "library")
         os.makedirs(self.library, exist_ok=True)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.upstream = upstream
         self.piece_size = piece_size
         # The URL announced to others; may be changed before start (to a proxy's, say).
@@ -63,37 +55,26 @@ class Server:
         self.pravega = pravega
         # More keys of the ``peer`` section (max_held_bytes, say); may be changed before a restart.
         self.peer = dict(peer or {})
-        self.config_path = os.path.join(self.folder, "config.yaml")
-        self.log_path = os.path.join(self.folder, "server.log")
-        self.process: subprocess.Popen | None = None
 
     def start(self) -> Server:
-        config = {
+        self.config = {
             "server": {"host": "127.0.0.1", "port": self.port, "shutdown_grace": 1},
             "storage": {"library": "library", "cache_dir": "cache", "scan_interval": 0.5},
             "peer": {"piece_size": self.piece_size, **self.peer},
         }
         if self.upstream:
-            config["peer"].update(upstream=self.upstream, public_url=self.public_url)
+            self.config["peer"].update(upstream=self.upstream, public_url=self.public_url)
         if self.pravega:
-            config.update(pravega=self.pravega)
-            config["storage"]["backend"] = "pravega"
-        with open(self.config_path, "w") as f:
-            yaml.safe_dump(config, f)
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, os.path.join(ROOT, "server.py"), "--config", self.config_path,
-                 "--log-level", os.environ.get("BINGE_LOG_LEVEL", "INFO")],
-                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-            )
+            self.config.update(pravega=self.pravega)
+            self.config["storage"]["backend"] = "pravega"
+        super().start()
         return self
 
     async def ready(self, timeout: float = 15.0, video: str | None = None) -> None:
         """Waits until the server answers ``/videos`` (listing ``video``, if given)."""
+        await self.serving(timeout)
         deadline = time.monotonic() + timeout
         while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
                 videos = await get_json(f"{self.url}/videos")
                 if video is None or any(v["id"] == video for v in videos):
@@ -107,28 +88,8 @@ class Server:
     def pieces_file(self, video_id: str) -> str:
         return os.path.join(self.library, ".pieces", f"{video_id}.data")
 
-    def kill(self) -> None:
-        """SIGKILL: the process dies at once, its connections with it."""
-        if self.process and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-    def freeze(self) -> None:
-        """SIGSTOP: the process stays, its connections stay open, and it sends nothing more."""
-        os.kill(self.process.pid, signal.SIGSTOP)
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            os.kill(self.process.pid, signal.SIGCONT)  # in case it was frozen
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def log_tail(self, lines: int = 40) -> str:
-        with open(self.log_path, errors="replace") as f:
-            return "".join(f.readlines()[-lines:])
+    def stop(self, timeout: float = 5) -> None:
+        super().stop(timeout)
 
 
 async def start_all(*servers: Server, video: str | None = None) -> None:

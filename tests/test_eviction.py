@@ -19,7 +19,7 @@ from peers.eviction import HeldPieces
 from peers.pieces import SparseFilePieces, stored_on_disk
 from peers.pravega_pieces import PieceStreams, stream_prefix
 from tests.nodes import MiB, Server, Viewer, get_json, start_all, wait_for, write_random_video
-from tests.test_peers import PIECE, _streams_of, _until_held, manifest_of, pravega_settings, servers  # noqa: F401
+from tests.test_peers import PIECE, _streams_of, _until_held, manifest_of
 
 # --- the policy ---------------------------------------------------------------
 

@@ -156,16 +156,6 @@ def test_sparse_pieces_survive_a_restart_and_catch_corruption(tmp_path):
     assert os.path.getsize(tmp_path / "v.data") == PIECE
 
 
-@pytest.fixture
-def pravega_settings(controller_uri):
-    """Settings for a scope of the test's own, deleted afterwards."""
-    from media.pravega_io import delete_scope, stream_manager
-
-    settings = PravegaSettings(controller_uri=controller_uri, scope=f"test-{os.urandom(6).hex()}")
-    yield settings
-    delete_scope(stream_manager(controller_uri), settings.scope)
-
-
 def _streams_of(settings: PravegaSettings) -> list[str]:
     from media.pravega_io import stream_manager
 
@@ -389,22 +379,6 @@ async def test_origin_serves_manifests_and_lists_peers_closest_first(http_client
 
 
 # --- real nodes on loopback --------------------------------------------------
-
-
-@pytest.fixture
-def servers(tmp_path):
-    """Makes servers in ``tmp_path``; stops them all afterwards, and shows their logs if the test failed."""
-    made: list[Server] = []
-
-    def make(name: str, **kwargs) -> Server:
-        server = Server(str(tmp_path), name, **kwargs)
-        made.append(server)
-        return server
-
-    yield make
-    for server in made:
-        server.stop()
-        print(f"--- {server.name} ({server.url}) ---\n{server.log_tail()}")
 
 
 def test_peer_killed_mid_transfer_costs_one_short_stall(servers):

@@ -29,7 +29,8 @@ from peers.hops import LoopDetected
 from peers.manifest import Manifest
 from peers.swarm import Swarm
 from peers.upstream import Upstream
-from tests.nodes import ROOT, CountingProxy, Server, start_all
+from tests.nodes import CountingProxy, Server, start_all
+from tests.server_process import ROOT
 from tests.loopback import free_port
 
 PIECE = 64 * 1024
