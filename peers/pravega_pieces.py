@@ -53,7 +53,7 @@ from media.pravega_catalog import id_for_stream_names
 from media.pravega_pool import EventAppender, ReaderPool
 from media.store import StoreError
 from peers.manifest import Manifest
-from peers.pieces import PieceStorage, pieces_bytes
+from peers.pieces import PieceStorage
 from peers.session import READ_AHEAD
 from settings import PravegaSettings
 
@@ -104,19 +104,20 @@ class PieceStreams:
         found: dict[str, int] = {}
         for stream, tail in (await self.appender.list(STREAMS_PREFIX)).items():
             try:
-                header = await self._header_of(stream, tail)
+                header, base = await self.read_header(stream, tail)
                 video_id = header["id"]
-                nbytes = _prefix_bytes(header["size"], header["pieceSize"], EVENT_FRAME.size + header["length"], tail)
+                layout = _Layout(header["size"], header["pieceSize"], base)
             except (StoreError, ValueError, KeyError, TypeError) as e:
                 log.warning("not counting Pravega stream %s toward peer.max_held_bytes: %s", stream, e)
                 continue
-            if stream_prefix(video_id) != stream[: len(stream_prefix(video_id))]:
+            if not stream.startswith(stream_prefix(video_id)):
                 log.warning("not counting Pravega stream %s: its header names video %r", stream, video_id)
                 continue
-            found[video_id] = found.get(video_id, 0) + nbytes
+            found[video_id] = found.get(video_id, 0) + layout.bytes_of(layout.pieces_within(tail))
         return found
 
-    async def _header_of(self, stream: str, tail: int) -> dict:
+    async def read_header(self, stream: str, tail: int) -> tuple[dict, int]:
+        """The header of a stream of pieces ``tail`` bytes long, and the offset where it ends."""
         frame = bytearray(EVENT_FRAME.size)
         with self.readers.session() as session:
             if tail < len(frame):
@@ -132,48 +133,41 @@ class PieceStreams:
             raise ValueError(f"not a header of pieces: {bytes(data)[:200]!r}")
         if not all(isinstance(header.get(k), int) and header[k] > 0 for k in ("size", "pieceSize")):
             raise ValueError(f"a header without sizes: {bytes(data)[:200]!r}")
-        return {**header, "length": length}
-
-
-def _prefix_bytes(size: int, piece_size: int, base: int, tail: int) -> int:
-    """Bytes of the pieces a stream ``tail`` bytes long holds, its header ending at ``base`` (see _Layout)."""
-    count = -(-size // piece_size)
-    last = size - (count - 1) * piece_size
-    per = EVENT_FRAME.size + piece_size
-    held = min(count, max(0, tail - base) // per)
-    if held == count - 1 and tail >= base + held * per + EVENT_FRAME.size + last:
-        held = count
-    return held * piece_size - (piece_size - last if held == count else 0)
+        return header, len(frame) + length
 
 
 class _Layout:
-    """Where the pieces of one manifest lie in a stream whose header event ends at ``base``."""
+    """Where the pieces of a video of ``size`` bytes lie in a stream whose header event ends at ``base``."""
 
-    def __init__(self, manifest: Manifest, base: int) -> None:
-        self.manifest = manifest
+    def __init__(self, size: int, piece_size: int, base: int) -> None:
+        self.size = size
+        self.piece_size = piece_size
+        self.piece_count = -(-size // piece_size)
         self.base = base
 
     def offset(self, n: int) -> int:
-        return self.base + n * (EVENT_FRAME.size + self.manifest.piece_size) + EVENT_FRAME.size
+        return self.base + n * (EVENT_FRAME.size + self.piece_size) + EVENT_FRAME.size
 
     def end(self, n: int) -> int:
-        start, end = self.manifest.piece_range(n)
-        return self.offset(n) + end - start
+        return self.offset(n) + min(self.piece_size, self.size - n * self.piece_size)
 
     def pieces_within(self, tail: int) -> int:
         """How many pieces a stream ``tail`` bytes long holds."""
-        count = self.manifest.piece_count
-        held = min(count, max(0, tail - self.base) // (EVENT_FRAME.size + self.manifest.piece_size))
-        if held == count - 1 and tail >= self.end(held):
-            held = count  # the last piece, shorter than the others
+        held = min(self.piece_count, max(0, tail - self.base) // (EVENT_FRAME.size + self.piece_size))
+        if held == self.piece_count - 1 and tail >= self.end(held):
+            held = self.piece_count  # the last piece, shorter than the others
         return held
 
+    def bytes_of(self, pieces: int) -> int:
+        """The bytes of the video in its first ``pieces`` pieces."""
+        return min(pieces * self.piece_size, self.size)
 
-def _header(manifest: Manifest) -> bytes:
-    return ujson.dumps({
+
+def _header(manifest: Manifest) -> dict:
+    return {
         "v": HEADER_VERSION, "id": manifest.video_id, "root": manifest.root,
         "size": manifest.size, "pieceSize": manifest.piece_size,
-    }).encode()
+    }
 
 
 class PravegaPrefixPieces(PieceStorage):
@@ -221,14 +215,17 @@ class PravegaPrefixPieces(PieceStorage):
         try:
             tail = await self.streams.appender.create(stream, replacing=stream_prefix(self.video_id))
             if tail == 0:
-                await self.streams.appender.append(stream, header)
-                tail = EVENT_FRAME.size + len(header)
+                encoded = ujson.dumps(header).encode()
+                await self.streams.appender.append(stream, encoded)
+                tail = base = EVENT_FRAME.size + len(encoded)
             else:
-                await self._check_header(stream, header, tail)
+                found, base = await self.streams.read_header(stream, tail)
+                if found != header:
+                    raise ValueError(f"stream {stream} was written for {found}, not {header}")
         except (StoreError, ValueError) as e:
             log.warning("keeping no pieces of %s in Pravega: %s", self.video_id, e)
             return
-        self._layout = _Layout(manifest, EVENT_FRAME.size + len(header))
+        self._layout = _Layout(manifest.size, manifest.piece_size, base)
         self.stream = stream
         self._prefix = self._layout.pieces_within(tail)
         self._keeping = True
@@ -237,17 +234,6 @@ class PravegaPrefixPieces(PieceStorage):
         self._append_soon()
         log.info("%s: %d of %d pieces held in Pravega stream %s", self.video_id, self._prefix,
                  manifest.piece_count, stream)
-
-    async def _check_header(self, stream: str, header: bytes, tail: int) -> None:
-        """Checks that ``stream`` was written for ``header``'s version of the video, in this layout."""
-        length = EVENT_FRAME.size + len(header)
-        if tail < length:
-            raise ValueError(f"stream {stream} is {tail} bytes long, shorter than its header")
-        found = bytearray(length)
-        with self.streams.readers.session() as session:
-            await session.read_into(stream, 0, memoryview(found))
-        if found != EVENT_FRAME.pack(0, len(header)) + header:
-            raise ValueError(f"stream {stream} has another header than {header.decode()}")
 
     async def put(self, n: int, data: bytes) -> None:
         # While the stream opens, the prefix it holds is not known yet: a piece near the start may extend it.
@@ -324,7 +310,7 @@ class PravegaPrefixPieces(PieceStorage):
         # What is in Pravega: pieces waiting in memory to go in do not take its space.
         if self.manifest is None:
             return 0
-        return pieces_bytes(self.manifest, self._prefix, self._prefix == self.manifest.piece_count)
+        return min(self._prefix * self.manifest.piece_size, self.manifest.size)
 
     def discard(self) -> None:
         """Forgets the pieces at once and has every stream of the video sealed and deleted.
