@@ -48,6 +48,7 @@ from peers.announce import Announcer
 from peers.catalog import UpstreamCatalog
 from peers.eviction import HeldPieces
 from peers.fetcher import PieceFetcher, VideoChanged
+from peers.hops import LoopDetected
 from peers.manifest import Manifest
 from peers.pieces import PieceStorage, SparseFilePieces, stored_on_disk
 from peers.pravega_pieces import PieceStreams
@@ -165,6 +166,8 @@ class PeerNodeStore(Store):
         try:
             return super().get(video_id)
         except NotFound:
+            if self.catalog.loop is not None:
+                raise LoopDetected(self.catalog.loop) from None  # not "no such video": no catalog at all
             self.catalog.refresh_soon()  # it may have been added upstream since the last look
             raise
 

@@ -224,6 +224,7 @@ def test_two_nodes_upstream_of_each_other_answer_with_the_loop_not_a_hang(server
             "videos a": await _get(f"{a.url}/videos"),
             "videos b": await _get(f"{b.url}/videos"),
             "videos below": await _get(f"{below.url}/videos"),
+            "stream below": await _get(f"{below.url}/videos/any/stream"),
             "health a": await _get(f"{a.url}/healthz"),
         }
         return healths, answers
@@ -233,7 +234,7 @@ def test_two_nodes_upstream_of_each_other_answer_with_the_loop_not_a_hang(server
     rings = (f"{a_id} -> {b_id} -> {a_id}", f"{b_id} -> {a_id} -> {b_id}")
     for health in healths:
         assert health["status"] == "degraded" and any(ring in health["store"]["error"] for ring in rings), health
-    for name in ("videos a", "videos b", "videos below"):
+    for name in ("videos a", "videos b", "videos below", "stream below"):
         status, body, seconds = answers[name]
         assert status == 508 and body["status"] == 508, (name, body)
         assert any(ring in body["error"] for ring in rings), (name, body)
