@@ -169,22 +169,6 @@ def test_every_request_to_the_upstream_carries_the_chain_and_a_508_is_passed_on(
 # --- real nodes on loopback ------------------------------------------------------
 
 
-@pytest.fixture
-def servers(tmp_path):
-    """Makes servers in ``tmp_path``; stops them all afterwards, and shows their logs if the test failed."""
-    made: list[Server] = []
-
-    def make(name: str, **kwargs) -> Server:
-        server = Server(str(tmp_path), name, **kwargs)
-        made.append(server)
-        return server
-
-    yield make
-    for server in made:
-        server.stop()
-        print(f"--- {server.name} ({server.url}) ---\n{server.log_tail()}")
-
-
 async def _get(url: str):
     """(status, JSON body, seconds taken) of a GET, errors included."""
     began = time.monotonic()
