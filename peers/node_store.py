@@ -77,7 +77,7 @@ class PeerNodeStore(Store):
         self._pieces_folder: str | None = None
         if config.storage.backend == "pravega":
             self._piece_streams = PieceStreams(config.pravega)
-            self._new_storage = self._piece_streams.storage
+            self._new_storage = lambda video_id: self._piece_streams.storage(video_id, on_stored=self._check_soon)
         else:
             folder = self._pieces_folder = os.path.join(config.storage.library, ".pieces")
             self._new_storage = lambda video_id: SparseFilePieces(folder, video_id)

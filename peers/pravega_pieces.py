@@ -46,6 +46,7 @@ import asyncio
 import contextlib
 import logging
 import struct
+from typing import Callable
 
 import ujson
 
@@ -91,8 +92,8 @@ class PieceStreams:
         self.readers.close()
         self.appender.close()
 
-    def storage(self, video_id: str) -> PravegaPrefixPieces:
-        return PravegaPrefixPieces(self, video_id)
+    def storage(self, video_id: str, on_stored: Callable[[], None] = lambda: None) -> PravegaPrefixPieces:
+        return PravegaPrefixPieces(self, video_id, on_stored)
 
     async def stored(self) -> dict[str, int]:
         """What earlier runs kept: video id -> bytes of pieces in its streams.
@@ -173,9 +174,11 @@ def _header(manifest: Manifest) -> dict:
 class PravegaPrefixPieces(PieceStorage):
     """The verified prefix of one video in an event stream of the node's Pravega (see module doc)."""
 
-    def __init__(self, streams: PieceStreams, video_id: str) -> None:
+    def __init__(self, streams: PieceStreams, video_id: str, on_stored: Callable[[], None]) -> None:
         self.streams = streams
         self.video_id = video_id
+        # Told each time a piece lands in Pravega, which is after put() returned (the node store counts bytes held).
+        self.on_stored = on_stored
         self.stream: str | None = None
         self._layout: _Layout | None = None
         # Pieces 0 to prefix - 1 are in the stream.
@@ -273,6 +276,7 @@ class PravegaPrefixPieces(PieceStorage):
                 return  # dropped meanwhile
             del self._waiting[self._prefix]
             self._prefix += 1
+            self.on_stored()
 
     async def raw(self, n: int) -> bytes | None:
         if n in self._waiting:

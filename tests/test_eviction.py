@@ -155,6 +155,10 @@ async def _holds_all(server: Server, video_id: str) -> bool:
     return await _have(server, video_id) == [[0, 17]]
 
 
+async def _held_bytes_are(server: Server, nbytes: int) -> bool:
+    return (await get_json(f"{server.url}/healthz"))["store"]["heldBytes"] == nbytes
+
+
 async def _holds_none(server: Server, video_id: str) -> bool:
     return await _have(server, video_id) == []
 
@@ -224,6 +228,8 @@ def test_a_pravega_node_deletes_the_stream_of_an_evicted_video(servers, pravega_
         await _play_each(node, viewer, videos, "c")
         await wait_for(lambda: _holds_none(node, "a"), what="a evicted")
         await wait_for(lambda: _async(not streams_of("a")), what="a's stream deleted")
+        # Pieces go into Pravega behind the client's reads: c's last ones may still be on their way.
+        await wait_for(lambda: _held_bytes_are(node, 2 * SIZE), what="b and c wholly in Pravega")
         facts = {"before": streams_before, "after": {v: streams_of(v) for v in "abc"},
                  "health": (await get_json(f"{node.url}/healthz"))["store"]}
         again = await viewer.play("a")
