@@ -106,10 +106,7 @@ class PieceHandler(PeerHandler):
         await self._serve(video_id, int(index), include_body=False)
 
     async def _serve(self, video_id: str, n: int, include_body: bool) -> None:
-        store = self.node_store()
-        storage = store.pieces(self.video(video_id).id)
-        manifest = storage.manifest
-        data = await storage.raw(n) if manifest and manifest.root == self.get_query_argument("root", None) else None
+        data = await self.node_store().piece_for_peer(self.video(video_id).id, n, self.get_query_argument("root", None))
         if data is None:
             raise ApiError(404, f"this node does not hold piece {n} of that manifest of {video_id!r}")
         self.set_header("Accept-Ranges", "bytes")

@@ -178,6 +178,21 @@ class PeerNodeStore(Store):
             storage = self._storages[video_id] = self._new_storage(video_id)
         return storage
 
+    async def piece_for_peer(self, video_id: str, n: int, root: str | None) -> bytes | None:
+        """Piece ``n``, as stored, for another node, if held of the manifest ``root`` names; else None.
+
+        Serving other nodes is using the video: one that only peers still
+        fetch is not evicted from under them as if nobody wanted it.
+        """
+        storage = self.pieces(video_id)
+        if storage.manifest is None or storage.manifest.root != root:
+            return None
+        self.held.read_began(video_id, time.monotonic())
+        try:
+            return await storage.raw(n)
+        finally:
+            self.held.read_ended(video_id, time.monotonic())
+
     def source_counts(self, video_id: str) -> dict[str, int]:
         return self.sources.setdefault(video_id, dict.fromkeys(SOURCES, 0))
 

@@ -14,6 +14,7 @@ import os
 import time
 
 import pytest
+from tornado.httpclient import AsyncHTTPClient
 
 from peers.eviction import HeldPieces
 from peers.pieces import SparseFilePieces, stored_on_disk
@@ -254,3 +255,23 @@ def test_a_pravega_node_deletes_the_stream_of_an_evicted_video(servers, pravega_
 
 async def _async(value: bool) -> bool:
     return value
+
+
+def test_a_video_served_to_peers_counts_as_used(servers):  # noqa: F811
+    origin, node, videos = _node_with_three_videos(servers)
+
+    async def scenario():
+        await start_all(origin, node, video="c")
+        viewer = Viewer(node.url)
+        await _play_each(node, viewer, videos, "ab")
+        # Another node fetches a piece of a, played longer ago than b.
+        root = (await get_json(f"{node.url}/videos/a/have"))["root"]
+        piece = await AsyncHTTPClient().fetch(f"{node.url}/videos/a/pieces/3?root={root}")
+        await _play_each(node, viewer, videos, "c")
+        await wait_for(lambda: _holds_none(node, "b"), what="b evicted, not a")
+        viewer.close()
+        return piece.body, await _have(node, "a")
+
+    piece, have_a = asyncio.run(scenario())
+    assert piece == videos["a"][3 * PIECE : 4 * PIECE]
+    assert have_a == [[0, 17]]
