@@ -29,7 +29,10 @@ hashed again (see :class:`~peers.pieces.PieceStorage`), so a stream holding
 anything but the manifest's bytes costs a refetch, never a wrong byte.
 
 Nothing here may hold a reader up: while the node's Pravega does not
-answer, a video is served as if nothing were kept.
+answer, a video is served as if nothing were kept, and the next piece to
+keep after ``REOPEN_AFTER`` seconds opens the stream again, which also
+finds out from the stream's length whether a piece whose append failed
+landed.
 
 Evicting a video (see :mod:`peers.eviction`) seals and deletes every stream
 named for it (:meth:`PravegaPrefixPieces.discard`). The appender worker
@@ -46,6 +49,7 @@ import asyncio
 import contextlib
 import logging
 import struct
+import time
 from typing import Callable
 
 import ujson
@@ -67,6 +71,8 @@ EVENT_FRAME = struct.Struct(">ii")
 MAX_EVENT = 8 * 1024 * 1024
 # How long opening a video's stream may hold up its first read; it goes on after that.
 OPEN_WAIT = 1.0
+# After Pravega failed to open the stream or take a piece, the next piece to keep tries again after this long.
+REOPEN_AFTER = 10.0
 # Every stream of pieces is named "p-...", and nothing else in the scope is.
 STREAMS_PREFIX = "p-"
 # A header longer than this is not one of ours.
@@ -184,8 +190,10 @@ class PravegaPrefixPieces(PieceStorage):
         # Pieces 0 to prefix - 1 are in the stream.
         self._prefix = 0
         self._waiting: dict[int, bytes] = {}
-        # False once appending failed: whether that piece landed is unknown, so nothing more is added.
+        # False while nothing is added: the stream is not open, or a piece in it failed verification.
         self._keeping = False
+        # When Pravega last failed to open the stream or take a piece; None when nothing is to be retried.
+        self._failed_at: float | None = None
         self._opening: asyncio.Task | None = None
         self._appending: asyncio.Task | None = None
         # Deleting the video's streams, once evicted.
@@ -203,7 +211,7 @@ class PravegaPrefixPieces(PieceStorage):
             return
         self.close()
         self.manifest = manifest
-        self.stream, self._layout, self._prefix, self._keeping = None, None, 0, False
+        self.stream, self._layout, self._prefix, self._keeping, self._failed_at = None, None, 0, False, None
         if manifest.piece_size > MAX_EVENT:
             log.warning("%s comes in pieces of %d bytes, more than a Pravega event holds; keeping none",
                         self.video_id, manifest.piece_size)
@@ -226,7 +234,8 @@ class PravegaPrefixPieces(PieceStorage):
                 if found != header:
                     raise ValueError(f"stream {stream} was written for {found}, not {header}")
         except (StoreError, ValueError) as e:
-            log.warning("keeping no pieces of %s in Pravega: %s", self.video_id, e)
+            log.warning("keeping no pieces of %s in Pravega for now: %s", self.video_id, e)
+            self._failed_at = time.monotonic()
             return
         self._layout = _Layout(manifest.size, manifest.piece_size, base)
         self.stream = stream
@@ -239,8 +248,13 @@ class PravegaPrefixPieces(PieceStorage):
                  manifest.piece_count, stream)
 
     async def put(self, n: int, data: bytes) -> None:
-        # While the stream opens, the prefix it holds is not known yet: a piece near the start may extend it.
         opening = self._opening is not None and not self._opening.done()
+        if not opening and self._failed_at is not None and time.monotonic() - self._failed_at > REOPEN_AFTER:
+            # Opening again also finds out whether the piece whose append failed landed: the tail says.
+            self._failed_at = None
+            self._opening = asyncio.ensure_future(self._open(self.manifest))
+            opening = True
+        # While the stream opens, the prefix it holds is not known yet: a piece near the start may extend it.
         if not (self._keeping or opening) or n in self._waiting:
             return
         reach = self._frontier() if self._keeping else self._prefix
@@ -268,9 +282,10 @@ class PravegaPrefixPieces(PieceStorage):
             try:
                 await self.streams.appender.append(self.stream, data)
             except StoreError as e:
-                log.warning("piece %d of %s not kept in Pravega: %s; keeping no more of it", self._prefix,
+                log.warning("piece %d of %s not kept in Pravega: %s; keeping no more of it for now", self._prefix,
                             self.video_id, e)
                 self._stop_keeping()
+                self._failed_at = time.monotonic()
                 return
             if not self._keeping:
                 return  # dropped meanwhile
@@ -302,6 +317,7 @@ class PravegaPrefixPieces(PieceStorage):
 
     def _stop_keeping(self) -> None:
         self._keeping = False
+        self._failed_at = None
         self._waiting.clear()
 
     def close(self) -> None:

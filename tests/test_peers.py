@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import signal
 import time
 
 import pytest
@@ -23,7 +24,7 @@ from tornado.testing import bind_unused_port
 
 from media.filesystem import FilesystemStore
 from media.sample import make_video, write_srt
-from peers import manifest_cache
+from peers import manifest_cache, pravega_pieces
 from peers.fetcher import PieceFetcher
 from peers.have import from_ranges, to_ranges
 from peers.manifest import Manifest, compute_manifest
@@ -35,6 +36,7 @@ from peers.swarm import Swarm
 from peers.upstream import Upstream
 from settings import PravegaSettings, StorageSettings
 from tests.conftest import read_bytes
+from tests.pravega_server import PrivatePravega
 from tests.nodes import (
     MiB,
     CountingProxy,
@@ -163,9 +165,10 @@ def _streams_of(settings: PravegaSettings) -> list[str]:
                   if not name.startswith("_"))
 
 
-async def _until_held(storage, pieces: set[int]) -> None:
+async def _until_held(storage, pieces: set[int], seconds: float = 2.0) -> None:
     """Pieces are appended in the background: waits until the storage holds ``pieces``."""
-    for _ in range(200):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
         if storage.held() == pieces and not storage._waiting:
             return
         await asyncio.sleep(0.01)
@@ -238,6 +241,43 @@ def test_pravega_prefix_survives_a_restart_and_catches_corruption(pravega_settin
     asyncio.run(run_node(back_to_the_first))
     asyncio.run(run_node(wrong_bytes_in_the_prefix))
     asyncio.run(run_node(third_run))
+
+
+@pytest.mark.pravega
+def test_pravega_pieces_are_kept_again_once_pravega_answers_again(tmp_path, monkeypatch):
+    pravega = PrivatePravega(tmp_path / "pravega")
+    pravega.start()
+    monkeypatch.setattr(pravega_pieces, "REOPEN_AFTER", 0.5)
+    settings = PravegaSettings(controller_uri=pravega.uri, scope="reopen", timeout=1.0)
+    data = os.urandom(4 * PIECE)
+    pieces = [data[n * PIECE : (n + 1) * PIECE] for n in range(4)]
+
+    async def scenario():
+        streams = PieceStreams(settings)
+        streams.start()
+        storage = streams.storage("v")
+        pravega.signal(signal.SIGSTOP)  # Pravega stops answering, connections open
+        try:
+            await storage.adopt(manifest_of(data))
+            await asyncio.wait([storage._opening])
+        finally:
+            pravega.signal(signal.SIGCONT)
+        failed = storage.held(), storage.stream
+        await asyncio.sleep(0.6)
+        for n in range(4):
+            await storage.put(n, pieces[n])
+        await _until_held(storage, {0, 1, 2, 3}, seconds=20)
+        back = [await storage.get(n) for n in range(4)]
+        storage.close()
+        streams.close()
+        return failed, back
+
+    try:
+        (held_while_down, stream_while_down), back = asyncio.run(scenario())
+    finally:
+        pravega.stop()
+    assert held_while_down == set() and stream_while_down is None
+    assert back == pieces
 
 
 class _FakeVideo(tornado.web.RequestHandler):
