@@ -95,7 +95,7 @@ def test_sparse_pieces_are_counted_after_a_restart_and_discarded_for_real(tmp_pa
 
 
 @pytest.mark.pravega
-def test_the_appender_lists_and_deletes_streams_by_prefix(pravega_settings):  # noqa: F811
+def test_the_appender_lists_and_deletes_streams_by_prefix(pravega_settings):
     data = os.urandom(3 * PIECE)
 
     async def scenario():
@@ -134,7 +134,7 @@ LIMIT = 2 * SIZE + SIZE // 2
 IDLE = 0.3
 
 
-def _node_with_three_videos(servers, **kwargs) -> tuple[Server, Server, dict[str, bytes]]:  # noqa: F811
+def _node_with_three_videos(servers, **kwargs) -> tuple[Server, Server, dict[str, bytes]]:
     origin = servers("origin")
     videos = {v: write_random_video(os.path.join(origin.library, f"{v}.mp4"), SIZE, seed=i)
               for i, v in enumerate("abc")}
@@ -169,7 +169,7 @@ def _files(node: Server) -> list[str]:
     return sorted(name for name in os.listdir(os.path.join(node.library, ".pieces")) if not name.endswith(".part"))
 
 
-def test_a_node_evicts_the_least_recently_read_video_and_fetches_it_again(servers):  # noqa: F811
+def test_a_node_evicts_the_least_recently_read_video_and_fetches_it_again(servers):
     origin, node, videos = _node_with_three_videos(servers)
 
     async def scenario():
@@ -214,7 +214,7 @@ async def _gone_from_disk(node: Server, video_id: str) -> bool:
 
 
 @pytest.mark.pravega
-def test_a_pravega_node_deletes_the_stream_of_an_evicted_video(servers, pravega_settings):  # noqa: F811
+def test_a_pravega_node_deletes_the_stream_of_an_evicted_video(servers, pravega_settings):
     pravega = {"controller_uri": pravega_settings.controller_uri, "scope": pravega_settings.scope}
     origin, node, videos = _node_with_three_videos(servers, pravega=pravega)
 
@@ -257,7 +257,7 @@ async def _async(value: bool) -> bool:
     return value
 
 
-def test_a_video_served_to_peers_counts_as_used(servers):  # noqa: F811
+def test_a_video_served_to_peers_counts_as_used(servers):
     origin, node, videos = _node_with_three_videos(servers)
 
     async def scenario():
