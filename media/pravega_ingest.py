@@ -36,7 +36,9 @@ from media.pravega_catalog import (
     stream_prefix,
     video_stream_name,
 )
-from media.pravega_io import PravegaError, calling, ensure_event_stream, replay_catalog, stream_manager
+from media.pravega_io import (
+    PravegaError, calling, delete_stream, ensure_event_stream, replay_catalog, stream_manager,
+)
 from media.store import VIDEO_TYPES, CaptionTrack, InvalidInput, NewVideo, Unavailable, VideoRecord, check_video_id
 from settings import Settings
 
@@ -174,10 +176,7 @@ def _delete_old_versions(manager, scope: str, video_id: str, keep: set[str]) -> 
         if not name.startswith(prefix) or name in keep:
             continue
         try:
-            # Pravega deletes only sealed streams, and an unpublished one may not be.
-            with calling(f"deleting stream {name!r}"):
-                manager.seal_stream(scope, name)
-                manager.delete_stream(scope, name)
+            delete_stream(manager, scope, name)
         except PravegaError as e:
             log.warning("cannot delete old stream %r of %r: %s", name, video_id, e)
 

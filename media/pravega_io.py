@@ -82,13 +82,21 @@ def ensure_event_stream(manager: pravega_client.StreamManager, scope: str, strea
         manager.create_stream(scope, stream, 1)
 
 
+def delete_stream(manager: pravega_client.StreamManager, scope: str, stream: str) -> None:
+    """Seals and deletes ``stream``: Pravega deletes only sealed streams."""
+    with calling(f"deleting stream {stream!r}"):
+        manager.seal_stream(scope, stream)
+        manager.delete_stream(scope, stream)
+
+
 def delete_scope(manager: pravega_client.StreamManager, scope: str) -> None:
     """Deletes ``scope`` and every stream in it: the standalone holds every stream in memory until deleted."""
-    with calling(f"deleting scope {scope!r}"):
+    with calling(f"listing the streams of {scope!r}"):
         # Pravega lists its own "_MARK…" streams too, and removes them with their stream.
-        for stream in [name for name in manager.list_stream(scope) if not name.startswith("_")]:
-            manager.seal_stream(scope, stream)
-            manager.delete_stream(scope, stream)
+        streams = [name for name in manager.list_stream(scope) if not name.startswith("_")]
+    for stream in streams:
+        delete_stream(manager, scope, stream)
+    with calling(f"deleting scope {scope!r}"):
         manager.delete_scope(scope)
 
 

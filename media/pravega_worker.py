@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import collections
 import ctypes
+import itertools
 import logging
 import os
 import select
@@ -37,7 +38,9 @@ import time
 import ujson
 
 from media import pravega_protocol as proto
-from media.pravega_io import EventReader, PravegaError, calling, ensure_event_stream, read_range, stream_manager
+from media.pravega_io import (
+    EventReader, PravegaError, calling, delete_stream, ensure_event_stream, read_range, stream_manager,
+)
 
 log = logging.getLogger("binge.pravega.worker")
 
@@ -97,15 +100,16 @@ class ByteStreamPool:
         self.idle_limit = idle_limit
         self._active: dict[str, tuple[str, object]] = {}
         self._idle: collections.OrderedDict[tuple[str, int], object] = collections.OrderedDict()
-        self._opened = 0
+        # Tells apart idle objects of one stream, in the order they went idle.
+        self._idle_keys = itertools.count()
         # Objects opened so far; a read that opened none used one opened before.
-        self._opened_new = 0
+        self._opened = 0
         self._pieces: list[bytearray] = []
 
     def read(self, reader: str, stream: str, offset: int, length: int) -> list[memoryview]:
         """The bytes asked for, as views that the next read overwrites."""
         entry = self._active.get(reader)
-        opened = self._opened_new
+        opened = self._opened
         if entry is None or entry[0] != stream:
             entry = (stream, self._checkout(stream))
             self._active[reader] = entry
@@ -114,7 +118,7 @@ class ByteStreamPool:
         except PravegaError as e:
             # The object may be mid-read or broken: never hand it out again.
             del self._active[reader]
-            if e.kind != "not_found" or self._opened_new != opened:
+            if e.kind != "not_found" or self._opened != opened:
                 raise
             # An object opened earlier finds no segment: the stream may have been deleted and created
             # again under its name since (a node's evicted pieces, fetched anew). Those are stale.
@@ -126,8 +130,7 @@ class ByteStreamPool:
         entry = self._active.pop(reader, None)
         if entry is None:
             return
-        self._opened += 1
-        self._idle[(entry[0], self._opened)] = entry[1]
+        self._idle[(entry[0], next(self._idle_keys))] = entry[1]
         while len(self._idle) > self.idle_limit:
             self._idle.popitem(last=False)
 
@@ -137,7 +140,7 @@ class ByteStreamPool:
                 return self._idle.pop(key)
         with calling(f"opening stream {stream!r}"):
             stream_object = self.manager.create_byte_stream(self.scope, stream)
-        self._opened_new += 1
+        self._opened += 1
         return stream_object
 
 
@@ -221,7 +224,7 @@ def _names(manager, scope: str, prefix: str) -> list[str]:
 def delete_streams(manager, scope: str, prefix: str, keep: str | None = None) -> list[str]:
     """Seals and deletes every stream named ``prefix…`` but ``keep``; returns their names.
 
-    Pravega deletes only sealed streams. A scope that does not exist has none.
+    A scope that does not exist has none.
     """
     if not prefix:
         raise ValueError("deleting streams needs a prefix")
@@ -232,9 +235,7 @@ def delete_streams(manager, scope: str, prefix: str, keep: str | None = None) ->
             return []
         raise
     for name in names:
-        with calling(f"deleting stream {name!r}"):
-            manager.seal_stream(scope, name)
-            manager.delete_stream(scope, name)
+        delete_stream(manager, scope, name)
     return names
 
 
