@@ -10,9 +10,9 @@ fast as they come:
    and keeps it (P appends it to Pravega on the way).
 2. *Replay*: each node serves the video again from what it keeps, in
    ``--rounds`` alternating rounds so that noise on this shared machine hits
-   both alike. The named peer for P is the raw Pravega client reading the
-   same bytes of P's stream in this process (seek, ``readinto``): the floor
-   of reading them from Pravega.
+   both alike. P is compared with the raw Pravega client reading the same
+   bytes of P's stream in this process (seek, ``readinto``): as fast as
+   reading them from Pravega goes.
 
     scripts/pravega start
     .venv/bin/python bench/pravega_node.py [--controller tcp://127.0.0.1:9090] [--size-mib 64] [--rounds 5]

@@ -1,16 +1,18 @@
-"""Fixtures shared by the HTTP tests: real media, a store holding it, the running app.
+"""Fixtures shared by the tests: real media, a store holding it, the running app, real servers, Pravega.
 
 Media is made once per session with PyAV (a few seconds of H.264/AAC MP4 and
 VP9/Opus WebM) and ingested into a fresh store for each test through the same
-ingest path users run. ``config`` is parametrized over both stores, so every
+ingest path users run. ``config`` is parametrized over both stores, so a
 test that uses the app runs against the filesystem library and against a
-scope of its own on the standalone Pravega.
+scope of its own on the standalone Pravega, unless its module narrows
+``config`` to the filesystem (tests of what does not depend on the store).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import uuid
 
 import pytest
@@ -20,7 +22,7 @@ from media.sample import make_video, write_srt
 from media.store import NewVideo
 from settings import PravegaSettings, settings_from_dict
 from tests.nodes import Server
-from tests.pravega_server import shared_controller
+from tests.pravega_server import PrivatePravega, shared_controller
 
 SRT_EN = [(0.0, 1.5, "Hello & welcome"), (1.5, 3.0, "<i>Second</i> line"), (3.0, 3.9, "Third")]
 SRT_FR = [(0.0, 1.5, "Bonjour"), (1.5, 3.9, "Au revoir")]
@@ -154,3 +156,16 @@ def pravega_settings(controller_uri):
     settings = PravegaSettings(controller_uri=controller_uri, scope=f"test-{os.urandom(6).hex()}")
     yield settings
     delete_scope(stream_manager(controller_uri), settings.scope)
+
+
+@pytest.fixture
+def private_pravega(tmp_path):
+    """A Pravega of the test's own (see tests/pravega_server.py), to pause or stop; stopped afterwards."""
+    pravega = PrivatePravega(tmp_path / "pravega")
+    pravega.start()
+    try:
+        yield pravega
+    finally:
+        with contextlib.suppress(ProcessLookupError, FileNotFoundError):
+            pravega.signal(signal.SIGCONT)  # a paused one stops too
+        pravega.stop()

@@ -72,8 +72,8 @@ class Server(ServerProcess):
 
     async def ready(self, timeout: float = 15.0, video: str | None = None) -> None:
         """Waits until the server answers ``/videos`` (listing ``video``, if given)."""
-        await self.serving(timeout)
         deadline = time.monotonic() + timeout
+        await self.serving(timeout)
         while True:
             try:
                 videos = await get_json(f"{self.url}/videos")

@@ -30,7 +30,6 @@ import ujson
 from tornado.netutil import bind_sockets
 
 from tests.conftest import make_config, read_bytes
-from tests.pravega_server import PrivatePravega
 
 SETTLE_SECONDS = 5.0
 
@@ -284,14 +283,6 @@ async def test_a_reader_worker_killed_mid_body_gives_a_short_body_never_wrong_by
 # ---------------------------------------------------------------- Pravega stopping and coming back
 
 OUTAGE_TIMEOUT = 2.0
-
-
-@pytest.fixture
-def private_pravega(tmp_path):
-    pravega = PrivatePravega(tmp_path / "pravega")
-    pravega.start()
-    yield pravega
-    pravega.stop()
 
 
 async def until(seconds: float, check):

@@ -22,22 +22,11 @@ from media.pravega_catalog import stream_prefix
 from media.pravega_io import stream_manager
 from media.pravega_store import PravegaStore, ingest_into_pravega
 from media.store import NewVideo, NotFound, Unavailable
-from tests.pravega_server import PrivatePravega
 from settings import settings_from_dict
 
+pytestmark = pytest.mark.pravega
+
 TIMEOUT = 2.0
-
-
-@pytest.fixture
-def private_pravega(tmp_path):
-    pravega = PrivatePravega(tmp_path / "pravega")
-    pravega.start()
-    try:
-        yield pravega
-    finally:
-        with contextlib.suppress(ProcessLookupError, FileNotFoundError):
-            pravega.signal(signal.SIGCONT)
-        pravega.stop()
 
 
 def make_settings(uri: str, scope: str | None = None):

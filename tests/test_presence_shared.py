@@ -213,8 +213,8 @@ class Instance(ServerProcess):
 
     async def ready(self, timeout: float = 20.0) -> None:
         """Waits until the server answers and has replayed the catalog."""
-        await self.serving(timeout)
         deadline = time.monotonic() + timeout
+        await self.serving(timeout)
         while not await get_json(f"{self.url}/videos"):
             assert time.monotonic() < deadline, f"{self.name} not ready:\n{self.log_tail()}"
             await asyncio.sleep(0.1)
