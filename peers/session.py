@@ -4,7 +4,8 @@ A read walks the pieces covering its range. A piece the node holds is read
 back (and hashed again, see :mod:`peers.pieces`); any other is fetched
 (:mod:`peers.fetcher`), kept and served. Two readers wanting one piece share
 one fetch. While a reader is at piece ``n``, pieces ``n + 1`` to
-``n + READ_AHEAD`` are fetched ahead, at most ``MAX_IN_FLIGHT`` at once, so
+``n + READ_AHEAD`` are fetched ahead, at most ``MAX_IN_FLIGHT`` at once (and
+held here until read when the storage does not keep them), so
 sequential playback finds its next pieces ready; the window moves on as
 fetches finish, not only as the reader moves, so it stays full while the
 client is slow to take bytes.
@@ -43,6 +44,9 @@ class VideoSession:
         # Told after each piece is kept: the node store then sees whether it holds too much (peers.eviction).
         self.on_kept = on_kept
         self._fetches: dict[int, asyncio.Task] = {}
+        # Pieces fetched ahead that the storage did not keep (see peers.pravega_pieces), until the reader
+        # comes to them or passes them; without them here the read-ahead would fetch them again and again.
+        self._unkept: dict[int, bytes] = {}
         # Pieces fetched and not yet served to their end once: piece -> "peers" | "origin".
         self._fresh: dict[int, str] = {}
         self._position = 0
@@ -66,6 +70,8 @@ class VideoSession:
 
     async def _piece(self, n: int) -> bytes:
         self._check_current()
+        if (data := self._unkept.pop(n, None)) is not None:
+            return data
         if n not in self._fetches and self.storage.holds(n):
             data = await self.storage.get(n)
             if data is not None:
@@ -86,10 +92,12 @@ class VideoSession:
     def _read_ahead(self) -> None:
         if self._closed:
             return
+        for n in [n for n in self._unkept if not self._position <= n <= self._position + READ_AHEAD]:
+            del self._unkept[n]  # the reader went elsewhere
         for n in range(self._position + 1, min(self._position + 1 + READ_AHEAD, self.manifest.piece_count)):
             if len(self._fetches) >= MAX_IN_FLIGHT:
                 return
-            if n not in self._fetches and not self.storage.holds(n):
+            if n not in self._fetches and n not in self._unkept and not self.storage.holds(n):
                 self._fetch(n)
 
     def _fetch(self, n: int) -> asyncio.Task:
@@ -102,6 +110,8 @@ class VideoSession:
         data, kind = await self.fetcher.fetch(n)
         self._check_current()
         await self.storage.put(n, data)
+        if not self.storage.holds(n) and n > self._position:
+            self._unkept[n] = data
         self._fresh[n] = kind
         self.on_kept()
         return data

@@ -31,12 +31,11 @@ from peers.manifest import Manifest, compute_manifest
 from peers.ordering import closest_first
 from peers.pieces import SparseFilePieces
 from peers.pravega_pieces import PieceStreams
-from peers.session import MAX_IN_FLIGHT, READ_AHEAD
+from peers.session import MAX_IN_FLIGHT, READ_AHEAD, VideoSession
 from peers.swarm import Swarm
 from peers.upstream import Upstream
 from settings import PravegaSettings, StorageSettings
 from tests.conftest import read_bytes
-from tests.pravega_server import PrivatePravega
 from tests.nodes import (
     MiB,
     CountingProxy,
@@ -244,9 +243,8 @@ def test_pravega_prefix_survives_a_restart_and_catches_corruption(pravega_settin
 
 
 @pytest.mark.pravega
-def test_pravega_pieces_are_kept_again_once_pravega_answers_again(tmp_path, monkeypatch):
-    pravega = PrivatePravega(tmp_path / "pravega")
-    pravega.start()
+def test_pravega_pieces_are_kept_again_once_pravega_answers_again(private_pravega, monkeypatch):
+    pravega = private_pravega
     monkeypatch.setattr(pravega_pieces, "REOPEN_AFTER", 0.5)
     settings = PravegaSettings(controller_uri=pravega.uri, scope="reopen", timeout=1.0)
     data = os.urandom(4 * PIECE)
@@ -272,10 +270,7 @@ def test_pravega_pieces_are_kept_again_once_pravega_answers_again(tmp_path, monk
         streams.close()
         return failed, back
 
-    try:
-        (held_while_down, stream_while_down), back = asyncio.run(scenario())
-    finally:
-        pravega.stop()
+    (held_while_down, stream_while_down), back = asyncio.run(scenario())
     assert held_while_down == set() and stream_while_down is None
     assert back == pieces
 
@@ -416,6 +411,43 @@ async def test_origin_serves_manifests_and_lists_peers_closest_first(http_client
     for path in ("have", "pieces/0", "sources"):
         r = await http_client.fetch(f"{base_url}/videos/alpha/{path}", raise_error=False)
         assert r.code == 404 and "origin" in ujson.loads(r.body)["error"]
+
+
+def test_pieces_the_storage_does_not_keep_are_fetched_once_for_a_slow_reader():
+    """A node whose Pravega does not answer keeps nothing; its read-ahead must not fetch the same pieces again."""
+    data = os.urandom(12 * PIECE)
+    manifest = manifest_of(data)
+
+    async def scenario():
+        asked = []
+        upstream_url, upstream_server = await _serve(tornado.web.Application([
+            (r"/videos/v/stream", _FakeVideo, {"data": data, "asked": asked}),
+            (r"/videos/v/peers", _Peers, {"peers": []}),
+        ]))
+        upstream = Upstream(upstream_url)
+        # Nothing listens there: opening the stream fails, and the storage keeps no piece.
+        streams = PieceStreams(PravegaSettings(controller_uri=f"tcp://127.0.0.1:{bind_unused_port()[1]}",
+                                               timeout=0.5))
+        storage = streams.storage("v")
+        await storage.adopt(manifest)
+        await asyncio.wait([storage._opening])
+        fetcher = PieceFetcher(manifest, Swarm(upstream, manifest, own_url=None, bad=set()), upstream)
+        session = VideoSession(manifest, storage, fetcher, dict.fromkeys(("local", "peers", "origin"), 0))
+        try:
+            first = [bytes(c) async for c in session.read(0, PIECE, PIECE)]
+            await asyncio.sleep(0.5)  # the reader pauses; the read-ahead fills its window
+            ahead = [bytes(c) async for c in session.read(PIECE, 3 * PIECE, PIECE)]
+        finally:
+            session.close()
+            streams.close()
+            upstream_server.stop()
+        return b"".join(first + ahead), asked, storage.held()
+
+    body, asked, held = asyncio.run(scenario())
+    assert body == data[: 3 * PIECE] and held == set()
+    ranges = [r for r, _ in asked]
+    assert len(ranges) == len(set(ranges)), ranges  # no piece asked twice
+    assert len(ranges) <= 1 + READ_AHEAD + 2, ranges
 
 
 # --- real nodes on loopback --------------------------------------------------
