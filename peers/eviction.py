@@ -20,8 +20,9 @@ Never evicted, whatever the total:
   viewer who paused must still find their copy when they resume (the node
   store also pins the videos its clients watch on its presence websocket,
   which covers a longer pause);
-- the ``pinned`` videos the caller names (the video whose pieces are being
-  kept now, whose growth is why the total went over).
+- the ``pinned`` videos the caller names (the node store names those with
+  pieces being fetched, among them the one whose growth is why the total
+  went over, and those its clients watch).
 
 So the limit is soft: while the videos in use alone hold more than it, the
 node holds more, and :meth:`HeldPieces.next_check` says when one of them

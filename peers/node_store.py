@@ -25,10 +25,10 @@ What is kept is bounded by ``peer.max_held_bytes``: after each piece kept,
 at the end of each read and at start (counting what earlier runs left), the
 store asks :class:`~peers.eviction.HeldPieces` which videos to evict and
 removes all their pieces for good, least recently read first. Never evicted:
-a video being read, or read in the last ``peer.evict_idle_seconds``, or with
-pieces being fetched, or watched by one of the node's clients on its
-presence websocket (a paused player reads nothing, yet its viewer is
-still there).
+a video being read (by a client or by another node), opened, or read in the
+last ``peer.evict_idle_seconds``, or with pieces being fetched, or watched
+by one of the node's clients on its presence websocket (a paused player
+reads nothing, yet its viewer is still there).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import hashlib
 import logging
 import os
 import time
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Callable, Iterator
 from urllib.parse import quote
 
 from media.single_flight import SingleFlight
@@ -187,11 +187,8 @@ class PeerNodeStore(Store):
         storage = self.pieces(video_id)
         if storage.manifest is None or storage.manifest.root != root:
             return None
-        self.held.read_began(video_id, time.monotonic())
-        try:
+        with self._in_use(video_id):
             return await storage.raw(n)
-        finally:
-            self.held.read_ended(video_id, time.monotonic())
 
     def source_counts(self, video_id: str) -> dict[str, int]:
         return self.sources.setdefault(video_id, dict.fromkeys(SOURCES, 0))
@@ -203,7 +200,9 @@ class PeerNodeStore(Store):
         current = self._sessions.get(video.id)
         if current is not None and current.manifest.etag == video.etag:
             return current
-        return await self._opening.run((video.id, video.etag), lambda: self._open(video))
+        # Not evicted while it opens: that waits on the upstream and the storage (a manifest asked for, say).
+        with self._in_use(video.id):
+            return await self._opening.run((video.id, video.etag), lambda: self._open(video))
 
     async def _open(self, video: VideoRecord) -> VideoSession:
         storage = self.pieces(video.id)
@@ -226,19 +225,25 @@ class PeerNodeStore(Store):
         return session
 
     async def read(self, video: VideoRecord, start: int, end: int, chunk_size: int) -> AsyncIterator[memoryview]:
-        # First of all: from here on the video's pieces are not evicted, even while its session opens.
-        self.held.read_began(video.id, time.monotonic())
         try:
-            session = await self.session(video)
-            async with contextlib.aclosing(session.read(start, end, chunk_size)) as chunks:
-                async for chunk in chunks:
-                    yield chunk
+            with self._in_use(video.id):
+                session = await self.session(video)
+                async with contextlib.aclosing(session.read(start, end, chunk_size)) as chunks:
+                    async for chunk in chunks:
+                        yield chunk
         except VideoChanged:
             self.catalog.invalidate(video.id)
             raise
+
+    @contextlib.contextmanager
+    def _in_use(self, video_id: str) -> Iterator[None]:
+        """The video is being read (by a client or a peer): its pieces are not evicted meanwhile."""
+        self.held.read_began(video_id, time.monotonic())
+        try:
+            yield
         finally:
-            self.held.read_ended(video.id, time.monotonic())
-            storage = self._storages.get(video.id)
+            self.held.read_ended(video_id, time.monotonic())
+            storage = self._storages.get(video_id)
             if storage is not None:
                 storage.touch()
             self._check_soon()
