@@ -60,7 +60,8 @@ class UpstreamCatalog:
         while True:
             await asyncio.sleep(self.interval)
             try:
-                await self.refresh()
+                # Through refresh_soon: one started by a request meanwhile is joined, not run beside.
+                await asyncio.shield(self.refresh_soon())
             except Exception:
                 log.exception("reading the upstream's catalog failed")
 
