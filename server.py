@@ -26,13 +26,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+class CannotListen(Exception):
+    """The server's address is taken or not ours: a one-line error for the operator, not a traceback."""
+
+
 async def serve(config: Settings, ready: asyncio.Event | None = None) -> None:
     """Serves until SIGTERM or SIGINT, then shuts down gracefully (see :mod:`ops.shutdown`)."""
     from handlers.app import build_app
 
     app = await build_app(config)
     server = tornado.httpserver.HTTPServer(app, xheaders=False, idle_connection_timeout=60)
-    server.listen(config.server.port, config.server.host)
+    try:
+        server.listen(config.server.port, config.server.host)
+    except OSError as e:
+        await app.close()
+        raise CannotListen(f"cannot listen on {config.server.host}:{config.server.port}: {e.strerror}") from None
     log.info("Binge+ serving %s store on http://%s:%d/", app.store.name, config.server.host, config.server.port)
     if app.node_id:
         log.info("peer node %s (its id in Binge-Via) below %s", app.node_id, config.peer.upstream)
@@ -59,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         asyncio.run(serve(config))
-    except OSError as e:
-        print(f"cannot listen on {config.server.host}:{config.server.port}: {e.strerror}", file=sys.stderr)
+    except CannotListen as e:
+        print(e, file=sys.stderr)
         return 1
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -77,6 +78,18 @@ def test_server_reports_missing_library(tmp_path):
     (tmp_path / "c.yaml").write_text("storage:\n  library: nowhere\n")
     result = run_server("--config", str(tmp_path / "c.yaml"))
     assert (result.returncode, result.stderr) == (2, f"config error: storage.library: folder not found: {tmp_path / 'nowhere'}\n")
+
+
+def test_server_reports_a_taken_port_in_one_line(tmp_path, library):
+    (tmp_path / "c.yaml").write_text(f"storage:\n  library: {library}\n  cache_dir: {tmp_path / 'cache'}\n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_server("--config", str(tmp_path / "c.yaml"), "--port", str(port))
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == f"cannot listen on 127.0.0.1:{port}: Address already in use"
+    assert "Traceback" not in result.stderr
 
 
 def test_server_runs_and_stops_on_sigterm(tmp_path, library):
