@@ -108,8 +108,6 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_status(status_code)
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
-        for header in ("Content-Range", "ETag", "Last-Modified", "Accept-Ranges", "Content-Disposition"):
-            self.clear_header(header)
         if isinstance(exc, Refused):
             self.set_header("Retry-After", exc.retry_after)
         self.error_message = message

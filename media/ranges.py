@@ -138,10 +138,6 @@ class ResponsePlan:
     status: int
     byte_range: ByteRange | None = None
 
-    @property
-    def has_body(self) -> bool:
-        return self.byte_range is not None
-
 
 def plan_response(headers: Mapping[str, str], size: int, etag: str, last_modified: float) -> ResponsePlan:
     """Evaluates preconditions then Range for a GET or HEAD, in RFC 9110 §13.2.2's order.
