@@ -122,8 +122,7 @@ class StreamHandler(BaseHandler):
                         connection.close()
                         return
         except TimeoutError:
-            log.info("dropping %s: it stopped reading %s", self.request.remote_ip, self.request.uri)
-            connection.close()
+            self._drop_stalled()
             return
         except (StreamClosedError, OSError, asyncio.SendfileNotAvailableError):
             # The client went away, or the file did. A sendfile that fails
@@ -167,15 +166,18 @@ class StreamHandler(BaseHandler):
     async def _write_chunk(self, chunk: memoryview) -> None:
         """Writes one chunk of the body; a client that does not take it within
         ``server.stall_timeout`` is disconnected, and this raises StreamClosedError."""
-        connection = self.request.connection
         try:
             async with asyncio.timeout(self.application.config.server.stall_timeout):
-                await connection.write(chunk)
+                await self.request.connection.write(chunk)
         except TimeoutError:
-            log.info("dropping %s: it stopped reading %s", self.request.remote_ip, self.request.uri)
-            connection.close()
+            self._drop_stalled()
             raise StreamClosedError() from None
         self._sent(len(chunk))
+
+    def _drop_stalled(self) -> None:
+        """Disconnects a client that took nothing for ``server.stall_timeout`` seconds."""
+        log.info("dropping %s: it stopped reading %s", self.client_ip(), self.request.uri)
+        self.request.connection.close()
 
     def _sent(self, size: int) -> None:
         """Counts body bytes handed to the socket, for the access line and the metrics."""
