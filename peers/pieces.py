@@ -38,6 +38,7 @@ import hashlib
 import logging
 import os
 import time
+from typing import Collection, Iterator
 
 import ujson
 
@@ -104,23 +105,21 @@ class PieceStorage(abc.ABC):
         The storage holds nothing afterwards and keeps nothing it is given.
         """
 
+    @abc.abstractmethod
     def held_bytes(self) -> int:
         """Bytes of the pieces held: what this video counts toward ``peer.max_held_bytes``."""
-        held = self.held()
-        if self.manifest is None or not held:
-            return 0
-        return pieces_bytes(self.manifest, len(held), self.manifest.piece_count - 1 in held)
 
     def touch(self) -> None:
         """A client of the node just read the video; a storage that can keep that over a restart does."""
 
 
-def pieces_bytes(manifest: Manifest, count: int, with_last: bool) -> int:
-    """Bytes of ``count`` pieces of ``manifest``, one of them the last (shorter) one when ``with_last``."""
-    if count <= 0:
+def pieces_bytes(manifest: Manifest, held: Collection[int]) -> int:
+    """Bytes of the pieces ``held`` of ``manifest``: each a whole piece, but the last, which is shorter."""
+    if not held:
         return 0
-    last = manifest.size - (manifest.piece_count - 1) * manifest.piece_size
-    return (count - 1) * manifest.piece_size + (last if with_last else manifest.piece_size)
+    last = manifest.piece_count - 1
+    return (len(held) - 1) * manifest.piece_size + (manifest.size - last * manifest.piece_size if last in held
+                                                    else manifest.piece_size)
 
 
 def _sha256(data: bytes) -> bytes:
@@ -174,12 +173,7 @@ class SparseFilePieces(PieceStorage):
         # A few small file operations: cheaper here than a trip through a thread.
         self.close()
         os.makedirs(self.folder, exist_ok=True)
-        # The old record goes first: a crash halfway must not leave it vouching for new bytes.
-        for kind in ("have.json", "manifest.json", "data"):
-            try:
-                os.remove(self._path(kind))
-            except FileNotFoundError:
-                pass
+        remove_stored(self.folder, self.video_id)
         self._held = set()
         self._fd = os.open(self._path("data"), os.O_RDWR | os.O_CREAT, 0o644)
         os.ftruncate(self._fd, manifest.size)
@@ -252,9 +246,7 @@ class SparseFilePieces(PieceStorage):
             self._close_fd()
 
     def held_bytes(self) -> int:
-        if self.manifest is None:
-            return 0
-        return pieces_bytes(self.manifest, len(self._held), self.manifest.piece_count - 1 in self._held)
+        return 0 if self.manifest is None else pieces_bytes(self.manifest, self._held)
 
     def discard(self) -> None:
         # A few unlinks, as adopt does: done here and now, so no file of a new copy can come in between.
@@ -294,14 +286,20 @@ def _read_record(folder: str, video_id: str) -> tuple[Manifest, set[int]]:
     return manifest, from_ranges(record.get("pieces"), manifest.piece_count)
 
 
+def _file_names(video_id: str) -> Iterator[str]:
+    """The names the files of ``video_id`` may have, staged ones included; the record's first."""
+    for kind in KINDS:
+        yield f"{video_id}.{kind}"
+        yield f"{video_id}.{kind}.part"
+
+
 def remove_stored(folder: str, video_id: str) -> None:
     """Removes every file of ``video_id`` from ``folder``; the record first, so a crash never leaves it vouching for bytes gone."""
-    for kind in KINDS:
-        for name in (f"{video_id}.{kind}", f"{video_id}.{kind}.part"):
-            try:
-                os.remove(os.path.join(folder, name))
-            except FileNotFoundError:
-                pass
+    for name in _file_names(video_id):
+        try:
+            os.remove(os.path.join(folder, name))
+        except FileNotFoundError:
+            pass
 
 
 def stored_on_disk(folder: str) -> dict[str, tuple[int, float | None]]:
@@ -329,19 +327,17 @@ def stored_on_disk(folder: str) -> dict[str, tuple[int, float | None]]:
         except (OSError, ValueError):
             found[video_id] = (_disk_usage(folder, video_id), None)
             continue
-        nbytes = pieces_bytes(manifest, len(held), manifest.piece_count - 1 in held)
-        found[video_id] = (nbytes, os.stat(os.path.join(folder, f"{video_id}.have.json")).st_mtime)
+        found[video_id] = (pieces_bytes(manifest, held), os.stat(os.path.join(folder, f"{video_id}.have.json")).st_mtime)
     return found
 
 
 def _disk_usage(folder: str, video_id: str) -> int:
     total = 0
-    for kind in KINDS:
-        for name in (f"{video_id}.{kind}", f"{video_id}.{kind}.part"):
-            try:
-                total += os.stat(os.path.join(folder, name)).st_blocks * 512
-            except OSError:
-                pass
+    for name in _file_names(video_id):
+        try:
+            total += os.stat(os.path.join(folder, name)).st_blocks * 512
+        except OSError:
+            pass
     return total
 
 

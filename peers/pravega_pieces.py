@@ -328,9 +328,7 @@ class PravegaPrefixPieces(PieceStorage):
 
     def held_bytes(self) -> int:
         # What is in Pravega: pieces waiting in memory to go in do not take its space.
-        if self.manifest is None:
-            return 0
-        return min(self._prefix * self.manifest.piece_size, self.manifest.size)
+        return 0 if self._layout is None else self._layout.bytes_of(self._prefix)
 
     def discard(self) -> None:
         """Forgets the pieces at once and has every stream of the video sealed and deleted.
