@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import email.utils
 from typing import AsyncIterator
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from tornado.httpclient import HTTPResponse
 
+from media.catalog import video_path
 from media.store import NotFound, StoreError, Unavailable
 from peers import hops
 from peers.manifest import Manifest
@@ -40,7 +41,7 @@ class Upstream:
         return hops.outgoing(self.node_id)
 
     def video_url(self, video_id: str, tail: str = "") -> str:
-        return f"{self.url}/videos/{quote(video_id, safe='')}{tail}"
+        return f"{self.url}{video_path(video_id)}{tail}"
 
     def presence_url(self) -> str:
         parts = urlsplit(self.url)
