@@ -54,7 +54,7 @@ class Announcer:
     def _sync(self) -> None:
         if self._closed:
             return
-        watched = {video for video, watchers in self.presence.snapshot()["videos"].items() if watchers}
+        watched = self.presence.watched_videos()
         for video_id in watched - self._sockets.keys():
             self._sockets[video_id] = asyncio.ensure_future(self._watch(video_id))
         for video_id in self._sockets.keys() - watched:

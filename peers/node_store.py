@@ -278,7 +278,7 @@ class PeerNodeStore(Store):
         """Videos whose pieces are being fetched, or that a client of this node watches."""
         pinned = {video_id for video_id, session in self._sessions.items() if session.busy()}
         if self._presence is not None:
-            pinned |= {video_id for video_id in self.held.videos() if self._presence.watchers(video_id)}
+            pinned |= self.held.videos().keys() & self._presence.watched_videos()
         return pinned
 
     def evict(self, video_id: str) -> None:

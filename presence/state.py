@@ -122,6 +122,10 @@ class Presence:
         """This instance's own sockets and their states."""
         return {socket_id: s for socket_id, s in self._sockets.items() if s.instance is None}
 
+    def watched_videos(self) -> set[str]:
+        """The videos someone watches (a copy)."""
+        return set(self._watchers)
+
     def watchers(self, video_id: str) -> list[dict]:
         """``[{"ipaddress", "socketId"[, "peer"][, "instance"]}]`` for the video, new dicts the caller may keep."""
         return [self._entry(s) for s in self._watchers.get(video_id, ())]
