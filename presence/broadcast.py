@@ -43,7 +43,7 @@ from typing import Awaitable, Callable, Protocol
 import ujson
 from tornado.websocket import WebSocketClosedError
 
-from presence.state import Change, Presence
+from presence.state import Change, Presence, watcher_entry
 from settings import PresenceSettings
 
 # Close code for a client that does not read fast enough: "try again later".
@@ -206,10 +206,4 @@ class Broadcaster:
         state = change.state
         if state is None:
             return {"socketId": change.socket_id, "gone": True}
-        entry = {"socketId": change.socket_id, "ipaddress": state.ipaddress, "video": state.video_id}
-        if state.peer is not None:
-            entry["peer"] = state.peer
-        instance = state.instance or self._presence.instance
-        if instance is not None:
-            entry["instance"] = instance
-        return entry
+        return {**watcher_entry(change.socket_id, state, self._presence.instance), "video": state.video_id}

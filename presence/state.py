@@ -139,14 +139,7 @@ class Presence:
         }
 
     def _entry(self, socket_id: str) -> dict:
-        state = self._sockets[socket_id]
-        entry = {"ipaddress": state.ipaddress, "socketId": socket_id}
-        if state.peer is not None:
-            entry["peer"] = state.peer
-        instance = state.instance or self.instance
-        if instance is not None:
-            entry["instance"] = instance
-        return entry
+        return watcher_entry(socket_id, self._sockets[socket_id], self.instance)
 
     def _set(
         self, socket_id: str, old: SocketState | None, new: SocketState | None, instance: str | None = None
@@ -172,3 +165,17 @@ class Presence:
         change = Change(self._version, socket_id, new, instance)
         for callback in list(self._subscribers):
             callback(change)
+
+
+def watcher_entry(socket_id: str, state: SocketState, own_instance: str | None) -> dict:
+    """A socket as presence lists it: ``{"ipaddress", "socketId"[, "peer"][, "instance"]}``.
+
+    ``own_instance`` names the sockets of this server (their state names none).
+    """
+    entry = {"ipaddress": state.ipaddress, "socketId": socket_id}
+    if state.peer is not None:
+        entry["peer"] = state.peer
+    instance = state.instance or own_instance
+    if instance is not None:
+        entry["instance"] = instance
+    return entry
