@@ -32,8 +32,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from tests.loopback import until  # noqa: E402
 from tests.nodes import (  # noqa: E402
-    MiB, CountingProxy, Server, Viewer, peer_urls, start_all, wait_for, write_random_video,
+    MiB, CountingProxy, Server, Viewer, peer_urls, start_all, write_random_video,
 )
 
 VIDEO = "bench"
@@ -104,11 +105,11 @@ async def stall(folder: str, args: argparse.Namespace, size: int, how: str) -> t
         seeder = Viewer(seed.url)
         await seeder.watch(VIDEO)
         await seeder.play(VIDEO)
-        await wait_for(lambda: _listed(origin, seed.url), what="the seed listed")
+        await until(lambda: _listed(origin, seed.url), what="the seed listed")
         viewer = Viewer(node.url)
         await viewer.watch(VIDEO)
         playing = asyncio.ensure_future(viewer.play(VIDEO, rate=args.rate_mib * MiB))
-        await wait_for(lambda: _at(viewer, size // 2), timeout=120, what="halfway")
+        await until(lambda: viewer.received >= size // 2, timeout=120, what="halfway")
         if how == "kill":
             seed.kill()
         else:
@@ -123,10 +124,6 @@ async def stall(folder: str, args: argparse.Namespace, size: int, how: str) -> t
 
 async def _listed(origin: Server, url: str) -> bool:
     return url in await peer_urls(origin, VIDEO)
-
-
-async def _at(viewer: Viewer, n: int) -> bool:
-    return viewer.received >= n
 
 
 async def main() -> None:

@@ -35,7 +35,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from media.pravega_io import delete_scope, stream_manager  # noqa: E402
-from tests.test_presence_shared import Client, Scope, until, watching  # noqa: E402
+from tests.loopback import until  # noqa: E402
+from tests.test_presence_shared import Client, Scope, watching  # noqa: E402
 
 
 async def measure(scope: Scope, changes: int, instance_timeout: float) -> None:

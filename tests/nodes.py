@@ -103,15 +103,6 @@ async def get_json(url: str) -> object:
     return ujson.loads(response.body)
 
 
-async def wait_for(condition, timeout: float = 10.0, what: str = "condition") -> None:
-    """Polls the async ``condition()`` until it is true."""
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 async def peer_urls(server: Server, video_id: str) -> list[str]:
     return [p["url"] for p in await get_json(f"{server.url}/videos/{video_id}/peers")]
 

@@ -19,7 +19,8 @@ from tornado.httpclient import AsyncHTTPClient
 from peers.eviction import HeldPieces
 from peers.pieces import SparseFilePieces, stored_on_disk
 from peers.pravega_pieces import PieceStreams, stream_prefix
-from tests.nodes import MiB, Server, Viewer, get_json, start_all, wait_for, write_random_video
+from tests.loopback import until
+from tests.nodes import MiB, Server, Viewer, get_json, start_all, write_random_video
 from tests.test_peers import PIECE, _streams_of, _until_held, manifest_of
 
 # --- the policy ---------------------------------------------------------------
@@ -149,7 +150,7 @@ async def _have(server: Server, video_id: str) -> list:
 async def _play_each(node: Server, viewer: Viewer, videos: dict[str, bytes], order: str) -> None:
     for video_id in order:
         assert (await viewer.play(video_id)).body == videos[video_id]
-        await wait_for(lambda: _holds_all(node, video_id), what=f"all of {video_id} held")
+        await until(lambda: _holds_all(node, video_id), what=f"all of {video_id} held")
 
 
 async def _holds_all(server: Server, video_id: str) -> bool:
@@ -176,11 +177,11 @@ def test_a_node_evicts_the_least_recently_read_video_and_fetches_it_again(server
         await start_all(origin, node, video="c")
         viewer = Viewer(node.url)
         await _play_each(node, viewer, videos, "abc")
-        await wait_for(lambda: _holds_none(node, "a"), what="a evicted")
+        await until(lambda: _holds_none(node, "a"), what="a evicted")
         facts = {"files after c": _files(node), "have b": await _have(node, "b"), "have c": await _have(node, "c"),
                  "health": (await get_json(f"{node.url}/healthz"))["store"]}
         again = await viewer.play("a")
-        await wait_for(lambda: _holds_none(node, "b"), what="b evicted once a came back")
+        await until(lambda: _holds_none(node, "b"), what="b evicted once a came back")
         facts.update({"files after a again": _files(node), "have a": await _have(node, "a"),
                       "sources a": await get_json(f"{node.url}/videos/a/sources")})
         # An earlier run's pieces count: restarted with room for one video, the one read longer ago goes.
@@ -188,7 +189,7 @@ def test_a_node_evicts_the_least_recently_read_video_and_fetches_it_again(server
         node.peer["max_held_bytes"] = SIZE + SIZE // 2
         node.start()
         await node.ready(video="c")
-        await wait_for(lambda: _gone_from_disk(node, "c"), what="c evicted at start")
+        await until(lambda: _gone_from_disk(node, "c"), what="c evicted at start")
         facts.update({"files after restart": _files(node), "have a after restart": await _have(node, "a"),
                       "health after restart": (await get_json(f"{node.url}/healthz"))["store"]})
         viewer.close()
@@ -209,7 +210,7 @@ def test_a_node_evicts_the_least_recently_read_video_and_fetches_it_again(server
     assert facts["health after restart"]["heldBytes"] == SIZE
 
 
-async def _gone_from_disk(node: Server, video_id: str) -> bool:
+def _gone_from_disk(node: Server, video_id: str) -> bool:
     return not any(name.startswith(f"{video_id}.") for name in _files(node))
 
 
@@ -227,21 +228,21 @@ def test_a_pravega_node_deletes_the_stream_of_an_evicted_video(servers, pravega_
         await _play_each(node, viewer, videos, "ab")
         streams_before = {v: streams_of(v) for v in "ab"}
         await _play_each(node, viewer, videos, "c")
-        await wait_for(lambda: _holds_none(node, "a"), what="a evicted")
-        await wait_for(lambda: _async(not streams_of("a")), what="a's stream deleted")
+        await until(lambda: _holds_none(node, "a"), what="a evicted")
+        await until(lambda: not streams_of("a"), what="a's stream deleted")
         # Pieces go into Pravega behind the client's reads: c's last ones may still be on their way.
-        await wait_for(lambda: _held_bytes_are(node, 2 * SIZE), what="b and c wholly in Pravega")
+        await until(lambda: _held_bytes_are(node, 2 * SIZE), what="b and c wholly in Pravega")
         facts = {"before": streams_before, "after": {v: streams_of(v) for v in "abc"},
                  "health": (await get_json(f"{node.url}/healthz"))["store"]}
         again = await viewer.play("a")
-        await wait_for(lambda: _holds_all(node, "a"), what="all of a held again")
-        await wait_for(lambda: _async(not streams_of("b")), what="b's stream deleted once a came back")
+        await until(lambda: _holds_all(node, "a"), what="all of a held again")
+        await until(lambda: not streams_of("b"), what="b's stream deleted once a came back")
         # Counted at start from the streams' headers: restarted with room for one video, a or c goes.
         node.stop()
         node.peer["max_held_bytes"] = SIZE + SIZE // 2
         node.start()
         await node.ready(video="c")
-        await wait_for(lambda: _async(len(_streams_of(pravega_settings)) == 1), what="one stream left", timeout=20)
+        await until(lambda: len(_streams_of(pravega_settings)) == 1, what="one stream left", timeout=20)
         viewer.close()
         return again, facts
 
@@ -251,10 +252,6 @@ def test_a_pravega_node_deletes_the_stream_of_an_evicted_video(servers, pravega_
     assert facts["health"]["heldBytes"] == 2 * SIZE and facts["health"]["evictions"] == 1
     assert again.body == videos["a"]
     assert not os.path.exists(os.path.join(node.library, ".pieces"))
-
-
-async def _async(value: bool) -> bool:
-    return value
 
 
 def test_a_video_served_to_peers_counts_as_used(servers):
@@ -268,7 +265,7 @@ def test_a_video_served_to_peers_counts_as_used(servers):
         root = (await get_json(f"{node.url}/videos/a/have"))["root"]
         piece = await AsyncHTTPClient().fetch(f"{node.url}/videos/a/pieces/3?root={root}")
         await _play_each(node, viewer, videos, "c")
-        await wait_for(lambda: _holds_none(node, "b"), what="b evicted, not a")
+        await until(lambda: _holds_none(node, "b"), what="b evicted, not a")
         viewer.close()
         return piece.body, await _have(node, "a")
 

@@ -30,6 +30,7 @@ import ujson
 from tornado.netutil import bind_sockets
 
 from tests.conftest import make_config, read_bytes
+from tests.loopback import until
 
 SETTLE_SECONDS = 5.0
 
@@ -285,15 +286,6 @@ async def test_a_reader_worker_killed_mid_body_gives_a_short_body_never_wrong_by
 OUTAGE_TIMEOUT = 2.0
 
 
-async def until(seconds: float, check):
-    """Polls ``check()`` (a coroutine function) until it returns something true; fails after ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while not (result := await check()):
-        assert time.monotonic() < deadline, f"not so within {seconds}s"
-        await asyncio.sleep(0.1)
-    return result
-
-
 @pytest.mark.pravega
 @pytest.mark.gen_test(timeout=150)
 async def test_pravega_stopping_and_coming_back_under_a_running_server(private_pravega, tmp_path, sample_videos,
@@ -326,14 +318,14 @@ async def test_pravega_stopping_and_coming_back_under_a_running_server(private_p
             status, _, body = await get(port, "/healthz")
             return status == 503 and ujson.loads(body)["status"] == "degraded"
 
-        await until(OUTAGE_TIMEOUT + 3, degraded)
+        await until(degraded, OUTAGE_TIMEOUT + 3, step=0.1)
 
         await asyncio.to_thread(private_pravega.start)
 
         async def healthy():
             return (await get(port, "/healthz"))[0] == 200
 
-        await until(60, healthy)
+        await until(healthy, 60, step=0.1)
         await asyncio.to_thread(ingest_into_pravega, config, alpha, lambda done: None)
         await wait_for_video(port, "alpha")
         status, _, body = await get(port, "/videos/alpha/stream")

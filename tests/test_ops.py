@@ -25,7 +25,8 @@ from tornado.websocket import websocket_connect
 
 from handlers import catalog, stream
 from tests.conftest import make_config, read_bytes
-from tests.nodes import MiB, Server, start_all, wait_for, write_random_video
+from tests.loopback import until
+from tests.nodes import MiB, Server, start_all, write_random_video
 
 BIG = 32 * MiB
 CLIENT_RCVBUF = 4096
@@ -83,13 +84,6 @@ def silent_websocket(port: int) -> socket.socket:
     return sock
 
 
-async def wait_until(condition, timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
-
-
 # ---------------------------------------------------------------- /metrics
 
 
@@ -120,7 +114,7 @@ async def test_metrics_parse_and_count_requests_streams_and_websockets(app, http
     assert sample(during, "binge_presence_broadcast_latency_seconds_count") >= 1
     assert sample(during, "binge_piece_verification_failures_total") is None  # an origin verifies no pieces
 
-    await wait_until(lambda: len(app.sockets) == 0, what="the websocket to close")
+    await until(lambda: len(app.sockets) == 0, timeout=5, what="the websocket to close")
     after = await metrics(http_client, base_url)
     assert sample(after, "binge_websocket_clients") == 0
     assert sample(after, "binge_active_streams") == 0
@@ -130,11 +124,11 @@ async def test_metrics_parse_and_count_requests_streams_and_websockets(app, http
 async def test_active_streams_counts_a_body_in_flight(app, http_server, http_client, base_url, http_port):
     sock = stalled_stream(http_port, {})
     try:
-        await wait_until(lambda: len(app.streams) == 1, what="the stream to start")
+        await until(lambda: len(app.streams) == 1, timeout=5, what="the stream to start")
         assert sample(await metrics(http_client, base_url), "binge_active_streams") == 1
     finally:
         sock.close()
-    await wait_until(lambda: len(app.streams) == 0, what="the stream to end")
+    await until(lambda: len(app.streams) == 0, timeout=5, what="the stream to end")
 
 
 def test_a_peer_node_counts_bytes_by_source_and_by_store(tmp_path):
@@ -159,7 +153,7 @@ async def _peer_node_scenario(tmp_path) -> None:
                 and sample(text, "binge_streamed_bytes_total", store="peer") == 2 * len(data)
             )
 
-        await wait_for(counted, timeout=5, what="the node's counts")
+        await until(counted, timeout=5, what="the node's counts")
     finally:
         node.stop()
         origin.stop()
@@ -217,7 +211,7 @@ async def test_an_unexpected_error_is_one_json_line_with_its_traceback_never_sen
 async def test_streams_past_the_per_address_limit_get_429_others_are_served(app, http_client, base_url, http_port):
     held = [stalled_stream(http_port, FROM_A) for _ in range(2)]
     try:
-        await wait_until(lambda: len(app.streams) == 2, what="two streams")
+        await until(lambda: len(app.streams) == 2, timeout=5, what="two streams")
         refused = await http_client.fetch(f"{base_url}/videos/alpha/stream", headers=FROM_A, raise_error=False)
         assert refused.code == 429
         assert refused.headers["Retry-After"] == "2"
@@ -232,12 +226,12 @@ async def test_streams_past_the_per_address_limit_get_429_others_are_served(app,
     finally:
         held[0].close()
     # A client that leaves gives its slot back.
-    await wait_until(lambda: len(app.streams) == 1, what="the slot of the client that left")
+    await until(lambda: len(app.streams) == 1, timeout=5, what="the slot of the client that left")
     assert (await http_client.fetch(f"{base_url}/videos/alpha/stream", headers=FROM_A)).code == 200
     # So does a stream that ends (its handler finishes just after the client has it all).
-    await wait_until(lambda: len(app.streams) == 1, what="the slot of the stream that ended")
+    await until(lambda: len(app.streams) == 1, timeout=5, what="the slot of the stream that ended")
     held[1].close()
-    await wait_until(lambda: len(app.streams) == 0, what="every slot")
+    await until(lambda: len(app.streams) == 0, timeout=5, what="every slot")
 
 
 @TWO_OF_EACH_TRUSTING_LOOPBACK
@@ -254,11 +248,11 @@ async def test_websockets_past_the_per_address_limit_are_refused_before_the_upgr
     assert ujson.loads(refused.value.response.body)["status"] == 429
     other = await connect(FROM_B)
     first.close()
-    await wait_until(lambda: len(app.sockets) == 2, what="the closed socket's slot")
+    await until(lambda: len(app.sockets) == 2, timeout=5, what="the closed socket's slot")
     again = await connect(FROM_A)
     for ws in (second, other, again):
         ws.close()
-    await wait_until(lambda: len(app.sockets) == 0, what="every slot")
+    await until(lambda: len(app.sockets) == 0, timeout=5, what="every slot")
 
 
 @pytest.mark.parametrize("path", ["sendfile", "chunks"])
@@ -267,10 +261,10 @@ async def test_a_cut_stream_ends_quietly_and_frees_its_slot(app, http_server, ht
     if path == "chunks":  # what TLS and stores without a local file take: every stream passes for TLS here
         monkeypatch.setattr(stream, "SSLIOStream", IOStream)
     sock = stalled_stream(http_port, {})
-    await wait_until(lambda: len(app.streams) == 1, what="the stream to start")
+    await until(lambda: len(app.streams) == 1, timeout=5, what="the stream to start")
     with caplog.at_level("INFO"):
         app.streams.cut_all()
-        await wait_until(lambda: len(app.streams) == 0, what="the cut stream's slot")
+        await until(lambda: len(app.streams) == 0, timeout=5, what="the cut stream's slot")
         received = await asyncio.to_thread(read_to_the_end, sock)
     assert received < BIG
     (line,) = [ujson.loads(r.getMessage()) for r in caplog.records if r.name == "binge.access"]

@@ -36,6 +36,7 @@ from peers.swarm import Swarm
 from peers.upstream import Upstream
 from settings import PravegaSettings, StorageSettings
 from tests.conftest import read_bytes
+from tests.loopback import until
 from tests.nodes import (
     MiB,
     CountingProxy,
@@ -44,7 +45,6 @@ from tests.nodes import (
     get_json,
     peer_urls,
     start_all,
-    wait_for,
     write_random_video,
 )
 
@@ -465,12 +465,12 @@ def test_peer_killed_mid_transfer_costs_one_short_stall(servers):
         seeder = Viewer(b.url)
         await seeder.watch("big")
         assert (await seeder.play("big")).body == data
-        await wait_for(lambda: _listed(origin, "big", b.url), what="b listed at the origin")
+        await until(lambda: _listed(origin, "big", b.url), what="b listed at the origin")
 
         viewer = Viewer(c.url)
         await viewer.watch("big")
         playing = asyncio.ensure_future(viewer.play("big", range_size=256 * 1024, rate=4 * MiB))
-        await wait_for(lambda: _reached(viewer, 1.5 * MiB), what="c halfway")
+        await until(lambda: viewer.received >= 1.5 * MiB, what="c halfway")
         b.kill()
         playback = await playing
         sources = await get_json(f"{c.url}/videos/big/sources")
@@ -499,7 +499,7 @@ def test_a_node_with_a_corrupted_copy_is_caught_and_avoided(servers):
         seeder = Viewer(b.url)
         await seeder.watch("big")
         await seeder.play("big")
-        await wait_for(lambda: _listed(origin, "big", b_proxy.url), what="b listed at the origin")
+        await until(lambda: _listed(origin, "big", b_proxy.url), what="b listed at the origin")
         with open(b.pieces_file("big"), "r+b") as f:
             f.seek(bad_piece * PIECE + 1000)
             f.write(b"corrupted on disk")
@@ -539,8 +539,8 @@ def test_chain_origin_a_b_with_a_real_video(servers):
         viewer = Viewer(b.url)
         await viewer.watch("clip")
         playback = await viewer.play("clip", range_size=32 * 1024)
-        await wait_for(lambda: _listed(a, "clip", b.url), what="b listed at a")
-        await wait_for(lambda: _listed(origin, "clip", a.url), what="a listed at the origin")
+        await until(lambda: _listed(a, "clip", b.url), what="b listed at a")
+        await until(lambda: _listed(origin, "clip", a.url), what="a listed at the origin")
         facts = {
             "catalogs": [await get_json(f"{s.url}/videos/clip") for s in (origin, b)],
             "manifests": [await get_json(f"{s.url}/videos/clip/manifest") for s in (origin, a, b)],
@@ -613,7 +613,7 @@ def test_a_pravega_node_keeps_the_verified_prefix_and_streams_the_rest_through(s
         seek = await viewer.play("big", start=middle, end=middle + 2 * PIECE)
         after_seek = await get_json(f"{node.url}/videos/big/have")
         whole = await viewer.play("big", range_size=256 * 1024)
-        await wait_for(lambda: _holds(node, "big", [[0, 33]]), what="the whole video in the node's Pravega")
+        await until(lambda: _holds(node, "big", [[0, 33]]), what="the whole video in the node's Pravega")
         node.stop()
         node.start()
         await node.ready(video="big")
@@ -674,10 +674,6 @@ def test_four_nodes_take_load_off_the_origin(servers):
 
 async def _listed(server: Server, video_id: str, url: str) -> bool:
     return url in await peer_urls(server, video_id)
-
-
-async def _reached(viewer: Viewer, n: float) -> bool:
-    return viewer.received >= n
 
 
 async def _body(url: str) -> bytes:

@@ -23,6 +23,7 @@ from media.pravega_io import stream_manager
 from media.pravega_store import PravegaStore, ingest_into_pravega
 from media.store import NewVideo, NotFound, Unavailable
 from settings import settings_from_dict
+from tests.loopback import until
 
 pytestmark = pytest.mark.pravega
 
@@ -75,14 +76,6 @@ async def running(settings):
         yield store
     finally:
         await store.close()
-
-
-async def wait_for(predicate, seconds: float, step: float = 0.1):
-    deadline = time.monotonic() + seconds
-    while not (result := await predicate()):
-        assert time.monotonic() < deadline, f"not true within {seconds}s"
-        await asyncio.sleep(step)
-    return result
 
 
 def test_ingested_video_reads_back_byte_for_byte(settings, big_file):
@@ -169,18 +162,14 @@ def test_a_video_ingested_elsewhere_appears_on_every_instance(settings, big_file
             item = big_video(big_file, video_id="late.arrival")
             started = time.monotonic()
             await asyncio.to_thread(ingest_into_pravega, settings, item, lambda done: None)
-            await wait_for(lambda: _has(second, item.id), 5.0)
+            await until(lambda: item.id in second.videos(), 5.0, step=0.1)
             assert time.monotonic() - started < 5.0
             assert changes[-1] == {item.id}
             video = second.get(item.id)
             assert await read_all(second, video, 5, 100_005, 8192) == big_file.read_bytes()[5:100_005]
-            await wait_for(lambda: _has(first, item.id), 5.0)
+            await until(lambda: item.id in first.videos(), 5.0, step=0.1)
 
     asyncio.run(check())
-
-
-async def _has(store, video_id) -> bool:
-    return video_id in store.videos()
 
 
 def test_a_paused_pravega_gives_prompt_503s_and_service_resumes(private_pravega, big_file):
@@ -200,7 +189,7 @@ def test_a_paused_pravega_gives_prompt_503s_and_service_resumes(private_pravega,
                 with pytest.raises(Unavailable):
                     await read_all(store, video, 1000, 5_000_000, 1024 * 1024)
                 assert time.monotonic() - started < TIMEOUT + 1.0
-                health = await wait_for(lambda: _degraded(store), TIMEOUT + 1.0)
+                health = await until(lambda: _degraded(store), TIMEOUT + 1.0, step=0.1)
                 assert health["error"]
                 started = time.monotonic()
                 with pytest.raises(Unavailable):
@@ -208,7 +197,7 @@ def test_a_paused_pravega_gives_prompt_503s_and_service_resumes(private_pravega,
                 assert time.monotonic() - started < 0.5  # known to be down: no waiting
             finally:
                 private_pravega.signal(signal.SIGCONT)
-            await wait_for(lambda: _healthy(store), 30.0, step=0.2)
+            await until(lambda: _healthy(store), 30.0, step=0.2)
             assert await read_all(store, video, 0, video.size, 1024 * 1024) == data
 
     asyncio.run(check())
@@ -227,15 +216,15 @@ def test_a_restarted_pravega_is_used_again(private_pravega, big_file):
             with pytest.raises(Unavailable):
                 await read_all(store, video, 0, 1_000_000, 65536)
             assert time.monotonic() - started < TIMEOUT + 1.0
-            await wait_for(lambda: _degraded(store), TIMEOUT + 1.0)
+            await until(lambda: _degraded(store), TIMEOUT + 1.0, step=0.1)
 
             private_pravega.start()
-            await wait_for(lambda: _healthy(store), 60.0, step=0.2)
+            await until(lambda: _healthy(store), 60.0, step=0.2)
             # The standalone keeps streams in memory: the new one starts empty.
-            await wait_for(lambda: _is_empty(store), 5.0)
+            await until(lambda: not store.videos(), 5.0, step=0.1)
             fresh = big_video(big_file, video_id="after-restart")
             await asyncio.to_thread(ingest_into_pravega, settings, fresh, lambda done: None)
-            await wait_for(lambda: _has(store, fresh.id), 5.0)
+            await until(lambda: fresh.id in store.videos(), 5.0, step=0.1)
             video = store.get(fresh.id)
             assert await read_all(store, video, 0, video.size, 1024 * 1024) == big_file.read_bytes()
 
@@ -249,7 +238,3 @@ async def _degraded(store):
 
 async def _healthy(store):
     return (await store.health())["ok"]
-
-
-async def _is_empty(store):
-    return not store.videos()

@@ -25,6 +25,7 @@ from presence.pravega_link import PRESENCE_STREAM
 from presence.shared import RemoteInstances, change_record, decode_record, gone_record, snapshot_record
 from presence.state import Change, Presence, SocketState
 from settings import settings_from_dict
+from tests.loopback import until
 from tests.server_process import ServerProcess
 
 # ---------------------------------------------------------------- the merge, no Pravega
@@ -255,15 +256,6 @@ class Client:
 
     def send(self, message: dict) -> None:
         self.conn.write_message(ujson.dumps(message))
-
-
-async def until(predicate, timeout: float, step: float = 0.05):
-    """Polls the coroutine function ``predicate`` until it returns something true; that result."""
-    deadline = time.monotonic() + timeout
-    while not (result := await predicate()):
-        assert time.monotonic() < deadline, f"not true within {timeout}s"
-        await asyncio.sleep(step)
-    return result
 
 
 def watching(socket_id: str, video: str):
