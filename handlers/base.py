@@ -94,6 +94,14 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.finish(ujson.dumps(obj, ensure_ascii=False, escape_forward_slashes=False))
 
+    def refuse_range(self, size: int, what: str) -> None:
+        """416 for a Range outside ``what``'s ``size`` bytes, with the ``Content-Range: bytes */size`` RFC 9110 asks for.
+
+        Written here, not raised: an error raised goes out with every header cleared.
+        """
+        self.set_header("Content-Range", f"bytes */{size}")
+        self.write_json({"error": f"range not satisfiable: {what} has {size} bytes", "status": 416}, 416)
+
     def write_error(self, status_code: int, **kwargs) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, ApiError):

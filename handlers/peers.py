@@ -114,8 +114,7 @@ class PieceHandler(PeerHandler):
         try:
             selected = parse_range(self.request.headers.get("Range"), len(data))
         except Unsatisfiable:
-            self.set_header("Content-Range", f"bytes */{len(data)}")
-            self.write_json({"error": f"range not satisfiable: piece {n} has {len(data)} bytes", "status": 416}, 416)
+            self.refuse_range(len(data), f"piece {n}")
             return
         self.set_header("Content-Type", "application/octet-stream")
         if selected is not None:

@@ -59,8 +59,7 @@ class StreamHandler(BaseHandler):
         if plan.status == 412:
             raise ApiError(412, "the video no longer matches the request's If-Match/If-Unmodified-Since")
         if plan.status == 416:
-            self.set_header("Content-Range", f"bytes */{video.size}")
-            self.write_json({"error": f"range not satisfiable: the video has {video.size} bytes", "status": 416}, 416)
+            self.refuse_range(video.size, "the video")
             return
         self._write_headers(video, plan)
         if include_body and plan.byte_range.length:
