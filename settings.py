@@ -198,7 +198,7 @@ def _checked(s: Settings, base_dir: str) -> Settings:
         raise ConfigError(f"server.port: must be between 0 and 65535, not {s.server.port}")
     if s.storage.backend not in BACKENDS:
         raise ConfigError(f"storage.backend: must be one of {', '.join(BACKENDS)}, not {s.storage.backend!r}")
-    for section in ("storage", "pravega", "presence", "server", "peer", "limits"):
+    for section in (f.name for f in dataclasses.fields(s)):
         obj = getattr(s, section)
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)

@@ -1,7 +1,7 @@
 """Long-lived things a client holds open (video bodies, websockets), counted per client address.
 
 A handler holds a slot for as long as it streams or keeps its socket:
-``with slots.hold(address): ...``. Past ``per_address`` slots held by one
+``with slots.hold(address, close): ...``. Past ``per_address`` slots held by one
 address, or once the server is shutting down, :meth:`Slots.hold` raises
 :class:`Refused`, which handlers answer as JSON with ``Retry-After`` (429,
 or 503 while shutting down) before anything else is sent, so a websocket is
