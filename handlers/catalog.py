@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from captions.convert import CaptionError
 from handlers.base import ApiError, BaseHandler
-from media.catalog import video_json
+from media.catalog import sorted_videos, video_json
 from media.ranges import http_date
 from media.store import VideoRecord, check_video_id
 from peers.node_store import PeerNodeStore
@@ -30,8 +30,7 @@ class VideoListHandler(CatalogHandler):
     async def get(self) -> None:
         store = self.application.store
         catalog = await store.catalog.servable() if isinstance(store, PeerNodeStore) else store.videos()
-        videos = sorted(catalog.values(), key=lambda v: (v.name.lower(), v.id))
-        self.write_json([self.video_json(v) for v in videos])
+        self.write_json([self.video_json(v) for v in sorted_videos(catalog.values())])
 
 
 class VideoHandler(CatalogHandler):
@@ -61,7 +60,7 @@ class CaptionHandler(CatalogHandler):
         if not video.captions:
             raise ApiError(404, f"video {video.id!r} has no captions")
         if lang is None:
-            lang = (video.caption("en") or video.captions[0]).lang
+            lang = video.default_caption().lang
         track = video.caption(lang)
         if track is None:
             raise ApiError(404, f"video {video.id!r} has no {lang!r} captions")

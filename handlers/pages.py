@@ -16,6 +16,7 @@ import zlib
 import tornado.web
 
 from handlers.catalog import CatalogHandler
+from media.catalog import sorted_videos
 from media.store import StoreError
 
 STATIC_PATH = os.path.join(os.path.dirname(__file__), "static")
@@ -141,8 +142,7 @@ class PageHandler(CatalogHandler):
 
     def catalog(self) -> list[dict]:
         """Every video object, sorted by name as ``GET /videos`` sorts them."""
-        videos = sorted(self.application.store.videos().values(), key=lambda v: (v.name.lower(), v.id))
-        return [self.video_json(v) for v in videos]
+        return [self.video_json(v) for v in sorted_videos(self.application.store.videos().values())]
 
 
 class CatalogPage(PageHandler):
@@ -159,14 +159,15 @@ class WatchPage(PageHandler):
     """
 
     def get(self, video_id: str) -> None:
-        videos = self.catalog()
-        video = next((v for v in videos if v["id"] == video_id), None)
-        if video is None:
+        videos = self.application.store.videos()
+        record = videos.get(video_id)
+        if record is None:
             raise PageError(404, "We couldn't find that video. It may have been removed from the library.")
-        default = next((t for t in video["captions"] if t["lang"] == "en"), None) or next(iter(video["captions"]), None)
+        default = record.default_caption()
+        others = [v for v in sorted_videos(videos.values()) if v.id != video_id][:8]
         self.render(
             "watch.html",
-            video=video,
-            default_lang=default["lang"] if default else None,
-            more=[v for v in videos if v["id"] != video_id][:8],
+            video=self.video_json(record),
+            default_lang=default.lang if default else None,
+            more=[self.video_json(v) for v in others],
         )

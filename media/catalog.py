@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Iterable
 from urllib.parse import quote
 
 from media.probe import human_duration
 from media.store import VideoRecord
+
+
+def sorted_videos(videos: Iterable[VideoRecord]) -> list[VideoRecord]:
+    """Videos in the catalog's order: by name, case aside, then by id."""
+    return sorted(videos, key=lambda v: (v.name.lower(), v.id))
 
 
 def video_path(video_id: str) -> str:

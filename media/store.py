@@ -86,6 +86,10 @@ class VideoRecord:
     def caption(self, lang: str) -> CaptionTrack | None:
         return next((t for t in self.captions if t.lang == lang), None)
 
+    def default_caption(self) -> CaptionTrack | None:
+        """The track a player shows first: English if there is one, else the first."""
+        return self.caption("en") or next(iter(self.captions), None)
+
 
 @dataclass(frozen=True)
 class NewVideo:
