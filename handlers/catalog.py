@@ -7,7 +7,6 @@ from handlers.base import ApiError, BaseHandler
 from media.catalog import sorted_videos, video_json
 from media.ranges import http_date
 from media.store import VideoRecord, check_video_id
-from peers.node_store import PeerNodeStore
 
 
 class CatalogHandler(BaseHandler):
@@ -28,8 +27,7 @@ class VideoListHandler(CatalogHandler):
     """
 
     async def get(self) -> None:
-        store = self.application.store
-        catalog = await store.catalog.servable() if isinstance(store, PeerNodeStore) else store.videos()
+        catalog = await self.application.store.servable()
         self.write_json([self.video_json(v) for v in sorted_videos(catalog.values())])
 
 

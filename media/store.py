@@ -124,6 +124,10 @@ class Store(abc.ABC):
     def videos(self) -> dict[str, VideoRecord]:
         """The catalog as it stands now, by id."""
 
+    async def servable(self) -> dict[str, VideoRecord]:
+        """The catalog ``GET /videos`` answers with; a store that may have none to give raises a StoreError."""
+        return self.videos()
+
     def get(self, video_id: str) -> VideoRecord:
         record = self.videos().get(video_id)
         if record is None:

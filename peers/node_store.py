@@ -162,6 +162,9 @@ class PeerNodeStore(Store):
     def videos(self) -> dict[str, VideoRecord]:
         return self.catalog.videos
 
+    async def servable(self) -> dict[str, VideoRecord]:
+        return await self.catalog.servable()  # a loop of upstreams is a 508, not an empty catalog
+
     def get(self, video_id: str) -> VideoRecord:
         try:
             return super().get(video_id)
