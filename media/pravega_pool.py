@@ -10,8 +10,11 @@ read asks for its next chunk only when the last one was consumed, so what is
 buffered between the processes is at most one chunk per read in progress.
 
 A worker that does not answer within ``pravega.timeout`` is killed, every
-request waiting on it fails with :class:`Unavailable`, and the next request
-starts a fresh process with a fresh client.
+request waiting on it fails with :class:`Unavailable`, and a fresh process
+with a fresh client takes its place at once. A request's ``pravega.timeout``
+runs from when its worker is ready: starting Python and the client takes a
+second or so of CPU, which says nothing about Pravega, and has a bound of
+its own (``START_TIMEOUT``).
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ log = logging.getLogger("binge.store")
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Bytes of requests a worker may leave untaken before it counts as stuck: a few pieces to append.
 MAX_QUEUED = 64 * 1024 * 1024
+# Seconds a worker may take from its start to READY. It makes no network call before that, so only a machine
+# starved of CPU comes near it.
+START_TIMEOUT = 30.0
 
 
 class Worker:
@@ -66,6 +72,9 @@ class Worker:
         self.target_for = target_for or (lambda kind, tag, length: memoryview(bytearray(length)))
         self.dead = False
         self._gone = asyncio.Event()
+        # Set by the worker's READY, or when it is gone first.
+        self.started = asyncio.Event()
+        self.ready = False
         ours, theirs = socket.socketpair()
         try:
             self.process = subprocess.Popen(
@@ -148,6 +157,7 @@ class Worker:
             return
         self.dead = True
         self._gone.set()
+        self.started.set()
         self._loop.remove_reader(self.sock.fileno())
         self._loop.remove_writer(self.sock.fileno())
         self.sock.close()
@@ -196,6 +206,10 @@ class Worker:
         kind, tag, payload = self._frame
         self._frame = None
         self._got = 0
+        if kind == proto.READY:
+            self.ready = True
+            self.started.set()
+            return
         self.on_frame(kind, tag, payload)
 
     def _eof(self) -> None:
@@ -214,8 +228,11 @@ class WorkerSlot:
 
     A request is answered with DATA (its payload lands in the request's
     ``into`` buffer when it gives one) or ERROR; one not answered within
-    ``pravega.timeout`` kills the worker, and so fails every request
-    waiting on it.
+    ``pravega.timeout`` of being sent to a ready worker kills the worker,
+    and so fails every request waiting on it. A worker that was ready is
+    replaced as soon as it is gone, so that the next request finds its
+    successor started; one that died before it was ready is replaced by the
+    next request, so a worker that cannot start is not restarted in a loop.
     """
 
     _tags = itertools.count(1)
@@ -227,15 +244,29 @@ class WorkerSlot:
         self.pending: dict[int, _Pending] = {}
         # Reads in progress on this worker (see ReadSession), which spread reads over a pool.
         self.sessions = 0
+        self.closed = False
 
     def ensure_worker(self) -> Worker:
         if self.worker is None or self.worker.dead:
             self.worker = Worker(self.role, self.settings, self._on_frame, self._on_exit, self._target_for)
         return self.worker
 
+    async def ready_worker(self) -> Worker:
+        """The slot's worker once it is ready; :class:`Unavailable` if it dies or overstays ``START_TIMEOUT`` first."""
+        worker = self.ensure_worker()
+        if not worker.ready:
+            try:
+                async with asyncio.timeout(START_TIMEOUT):
+                    await worker.started.wait()
+            except TimeoutError:
+                worker.kill(f"not ready after {START_TIMEOUT:g}s")
+            if not worker.ready:
+                raise Unavailable(f"the Pravega {self.role} worker did not start")
+        return worker
+
     async def request(self, kind: int, payload: bytes, what: str, into: memoryview | None = None) -> memoryview:
         """Sends one request and returns the DATA it is answered with; ``what`` names it in errors."""
-        worker = self.ensure_worker()
+        worker = await self.ready_worker()
         tag = next(self._tags)
         future = asyncio.get_running_loop().create_future()
         self.pending[tag] = _Pending(future, into)
@@ -260,6 +291,7 @@ class WorkerSlot:
                 pass  # the worker was stuck and is gone, and what the request was about with it
 
     def close(self) -> None:
+        self.closed = True
         if self.worker is not None:
             self.worker.kill("the store closed")
 
@@ -287,6 +319,11 @@ class WorkerSlot:
         for p in pending.values():
             if not p.future.done():
                 p.future.set_exception(Unavailable(f"the Pravega {self.role} worker failed: {reason}"))
+        if not self.closed and self.worker is not None and self.worker.ready:
+            try:
+                self.ensure_worker()
+            except Unavailable as e:
+                log.warning("%s", e)
 
 
 class ReaderPool:

@@ -146,6 +146,7 @@ class ByteStreamPool:
 
 def serve_reads(sock: socket.socket, controller_uri: str, scope: str) -> None:
     pool = ByteStreamPool(stream_manager(controller_uri), scope)
+    proto.send_frame(sock, proto.READY, 0)
     while (frame := proto.recv_frame(sock)) is not None:
         kind, tag, payload = frame
         request = ujson.loads(payload)
@@ -165,6 +166,7 @@ def serve_reads(sock: socket.socket, controller_uri: str, scope: str) -> None:
 
 def serve_appends(sock: socket.socket, controller_uri: str, scope: str) -> None:
     manager = stream_manager(controller_uri)
+    proto.send_frame(sock, proto.READY, 0)
     writers: dict[str, object] = {}
     while (frame := proto.recv_frame(sock)) is not None:
         kind, tag, payload = frame
