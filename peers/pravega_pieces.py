@@ -29,10 +29,11 @@ hashed again (see :class:`~peers.pieces.PieceStorage`), so a stream holding
 anything but the manifest's bytes costs a refetch, never a wrong byte.
 
 Nothing here may hold a reader up: while the node's Pravega does not
-answer, a video is served as if nothing were kept, and the next piece to
-keep after ``REOPEN_AFTER`` seconds opens the stream again, which also
-finds out from the stream's length whether a piece whose append failed
-landed.
+answer, a video is served as if nothing were kept. ``REOPEN_AFTER`` seconds
+after Pravega failed to open the stream or take a piece, the stream is
+opened again, and again after each failure, whether or not more pieces
+come: pieces that were waiting when it failed go in once it answers. The
+stream's length also says whether a piece whose append failed landed.
 
 Evicting a video (see :mod:`peers.eviction`) seals and deletes every stream
 named for it (:meth:`PravegaPrefixPieces.discard`). The appender worker
@@ -49,7 +50,6 @@ import asyncio
 import contextlib
 import logging
 import struct
-import time
 from typing import Callable
 
 import ujson
@@ -71,7 +71,7 @@ EVENT_FRAME = struct.Struct(">ii")
 MAX_EVENT = 8 * 1024 * 1024
 # How long opening a video's stream may hold up its first read; it goes on after that.
 OPEN_WAIT = 1.0
-# After Pravega failed to open the stream or take a piece, the next piece to keep tries again after this long.
+# After Pravega failed to open the stream or take a piece, the stream is opened again after this long.
 REOPEN_AFTER = 10.0
 # Every stream of pieces is named "p-...", and nothing else in the scope is.
 STREAMS_PREFIX = "p-"
@@ -192,8 +192,8 @@ class PravegaPrefixPieces(PieceStorage):
         self._waiting: dict[int, bytes] = {}
         # False while nothing is added: the stream is not open, or a piece in it failed verification.
         self._keeping = False
-        # When Pravega last failed to open the stream or take a piece; None when nothing is to be retried.
-        self._failed_at: float | None = None
+        # Opens the stream again once Pravega failed to open it or to take a piece.
+        self._reopening: asyncio.TimerHandle | None = None
         self._opening: asyncio.Task | None = None
         self._appending: asyncio.Task | None = None
         # Deleting the video's streams, once evicted.
@@ -211,7 +211,7 @@ class PravegaPrefixPieces(PieceStorage):
             return
         self.close()
         self.manifest = manifest
-        self.stream, self._layout, self._prefix, self._keeping, self._failed_at = None, None, 0, False, None
+        self.stream, self._layout, self._prefix, self._keeping = None, None, 0, False
         if manifest.piece_size > MAX_EVENT:
             log.warning("%s comes in pieces of %d bytes, more than a Pravega event holds; keeping none",
                         self.video_id, manifest.piece_size)
@@ -235,7 +235,7 @@ class PravegaPrefixPieces(PieceStorage):
                     raise ValueError(f"stream {stream} was written for {found}, not {header}")
         except (StoreError, ValueError) as e:
             log.warning("keeping no pieces of %s in Pravega for now: %s", self.video_id, e)
-            self._failed_at = time.monotonic()
+            self._reopen_later()
             return
         self._layout = _Layout(manifest.size, manifest.piece_size, base)
         self.stream = stream
@@ -247,13 +247,17 @@ class PravegaPrefixPieces(PieceStorage):
         log.info("%s: %d of %d pieces held in Pravega stream %s", self.video_id, self._prefix,
                  manifest.piece_count, stream)
 
+    def _reopen_later(self) -> None:
+        """Opens the stream again after ``REOPEN_AFTER``; its length then also says whether a failed append landed."""
+        def reopen() -> None:
+            self._reopening = None
+            self._opening = asyncio.ensure_future(self._open(self.manifest))
+
+        if self._reopening is None:
+            self._reopening = asyncio.get_running_loop().call_later(REOPEN_AFTER, reopen)
+
     async def put(self, n: int, data: bytes) -> None:
         opening = self._opening is not None and not self._opening.done()
-        if not opening and self._failed_at is not None and time.monotonic() - self._failed_at > REOPEN_AFTER:
-            # Opening again also finds out whether the piece whose append failed landed: the tail says.
-            self._failed_at = None
-            self._opening = asyncio.ensure_future(self._open(self.manifest))
-            opening = True
         # While the stream opens, the prefix it holds is not known yet: a piece near the start may extend it.
         if not (self._keeping or opening) or n in self._waiting:
             return
@@ -285,7 +289,7 @@ class PravegaPrefixPieces(PieceStorage):
                 log.warning("piece %d of %s not kept in Pravega: %s; keeping no more of it for now", self._prefix,
                             self.video_id, e)
                 self._stop_keeping()
-                self._failed_at = time.monotonic()
+                self._reopen_later()
                 return
             if not self._keeping:
                 return  # dropped meanwhile
@@ -317,13 +321,15 @@ class PravegaPrefixPieces(PieceStorage):
 
     def _stop_keeping(self) -> None:
         self._keeping = False
-        self._failed_at = None
         self._waiting.clear()
 
     def close(self) -> None:
         for task in (self._opening, self._appending):
             if task is not None:
                 task.cancel()
+        if self._reopening is not None:
+            self._reopening.cancel()
+            self._reopening = None
         self._waiting.clear()
 
     def held_bytes(self) -> int:
