@@ -35,7 +35,7 @@ log = logging.getLogger("binge.captions")
 
 # Bumped when the converter's output changes, so files cached by an older
 # converter are not served.
-CONVERTER_REVISION = "1"
+CONVERTER_REVISION = "2"
 
 
 class CaptionSource(Protocol):

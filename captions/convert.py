@@ -20,12 +20,19 @@ What the SRT reader accepts and how it repairs it:
   swap keeps the text on screen for the intended length). Cues are written
   sorted by start time, as WebVTT requires.
 * Text is escaped for WebVTT: ``&``, ``>`` and any ``<`` that does not start
-  a kept tag. ``<i> <b> <u>`` and their closers are kept (case folded,
-  balanced); ``<font ...>`` and ``</font>`` are dropped.
-* ``{\\anN}`` (an ASS position override) becomes cue settings: the top row
-  (7-9) ``line:0``, the middle row (4-6) ``line:50%,center``, the left column
-  (1, 4, 7) ``align:left``, the right column (3, 6, 9) ``align:right``. Other
-  ``{\\...}`` override blocks are dropped.
+  a tag. ``<i> <b> <u>`` and their closers are kept (case folded,
+  balanced); other tags (``<font ...>``, ``<s>``, made-up ones such as
+  ``<invalid_tag>``: a letter right after the ``<``) are dropped and their
+  text kept, as FFmpeg and VLC show them; ``2<3`` stays text.
+* ASS markup that SRT writers copy: ``\\N`` is a line break, ``\\h`` a
+  non-breaking space; in ``{\\...}`` override blocks ``\\i1``/``\\i0``,
+  ``\\b1``/``\\b0`` and ``\\u1``/``\\u0`` become those tags and ``\\r``
+  closes them, ``{\\anN}`` (an ASS position) becomes cue settings: the top
+  row (7-9) ``line:0``, the middle row (4-6) ``line:50%,center``, the left
+  column (1, 4, 7) ``align:left``, the right column (3, 6, 9)
+  ``align:right``. Everything else in an override block (colours, fonts)
+  and MicroDVD blocks such as ``{Y:i}`` are dropped; braces around plain
+  words (``{normal text}``) are text.
 
 A cue that cannot be repaired (unreadable timing, zero length, no visible
 text) is skipped and logged on ``binge.captions`` at WARNING with its
@@ -388,10 +395,18 @@ def _timestamp(milliseconds: int) -> str:
 # ---------------------------------------------------------------- cue text
 
 _KEPT_TAGS = ("i", "b", "u")
-_SPECIAL = re.compile(r"[<>&{]")
+_SPECIAL = re.compile(r"[<>&{\\]")
 # A '<' or '{' further than this from its closer is text: bounding the
 # search keeps a line full of unclosed '<' linear.
 _MAX_TAG = 256
+# What FFmpeg and VLC take for an HTML-like tag: a name starting with a
+# letter, then attributes. "<3" or "< 5" stay text.
+_HTML_TAG = re.compile(r"\s*/?\s*[A-Za-z][\w.:-]*(?:\s[^<]*)?/?\s*")
+# MicroDVD style blocks ({Y:i}, {c:$0000FF}) that converters leave in SRT files.
+_MICRODVD_BLOCK = re.compile(r"[CcFfoPSsYy]:[^{]*")
+# ASS style switches: \i1 \i0 \b1 \b700 \u0 ..., no number meaning the default (off).
+_ASS_STYLE = re.compile(r"([ibu])(\d*)")
+_ASS_ESCAPES = {"h": "\u00a0"}
 
 _VERTICAL = {7: "0", 8: "0", 9: "0", 4: "50%,center", 5: "50%,center", 6: "50%,center"}
 _HORIZONTAL = {1: "left", 4: "left", 7: "left", 3: "right", 6: "right", 9: "right"}
@@ -412,7 +427,10 @@ class _CueText:
         """The WebVTT lines (empty when nothing is visible) and the cue settings from ``{\\anN}``."""
         text = cls()
         for line in lines:
-            text.add_line(line.strip())
+            # \N is ASS's forced line break, which SRT writers copy; a blank
+            # line it would make cannot be in a WebVTT cue, so it goes.
+            for part in line.split("\\N"):
+                text.add_line(part.strip())
         if not text.lines:
             return [], None
         text.lines[-1] += text.pending + "".join(f"</{tag}>" for tag in reversed(text.open_tags))
@@ -439,6 +457,14 @@ class _CueText:
             elif char == ">":
                 out.append("&gt;")
                 visible = True
+            elif char == "\\":
+                escaped = _ASS_ESCAPES.get(line[pos:pos + 1])
+                if escaped is None:
+                    out.append("\\")
+                    visible = True
+                else:
+                    out.append(escaped)
+                    pos += 1
             elif char == "<":
                 end = line.find(">", pos, pos + _MAX_TAG)
                 markup = self._tag(line[pos:end]) if end != -1 else None
@@ -450,10 +476,14 @@ class _CueText:
                     pos = end + 1
             else:  # "{"
                 end = line.find("}", pos, pos + _MAX_TAG)
-                if end != -1 and line.startswith("\\", pos):
-                    self._override(line[pos:end])
+                body = line[pos:end]
+                if end != -1 and body.startswith("\\"):
+                    out.append(self._override(body))
+                    pos = end + 1
+                elif end != -1 and _MICRODVD_BLOCK.fullmatch(body):
                     pos = end + 1
                 else:
+                    # Braces around plain words are text, as VLC and FFmpeg show them.
                     out.append("{")
                     visible = True
         out.append(line[pos:])
@@ -465,20 +495,27 @@ class _CueText:
             self.pending += "".join(out)
 
     def _tag(self, content: str) -> str | None:
-        """The markup for the tag ``<content>``: "" to drop it, None when it is not a tag but text."""
+        """The markup for the tag ``<content>``: "" to drop it, None when it is not a tag but text.
+
+        Tags WebVTT has no equivalent for (``<font>``, ``<s>``, made-up
+        ones) are dropped and their text kept, as FFmpeg and VLC show them.
+        """
         name = "".join(content.split()).lower()
-        if name == "/font" or content.lower().split()[:1] == ["font"]:
-            return ""
         if name in _KEPT_TAGS:
-            # Nesting a tag in itself changes nothing; refusing it keeps the
-            # stack at most three deep, so closing stays cheap.
-            if name in self.open_tags:
-                return ""
-            self.open_tags.append(name)
-            return f"<{name}>"
+            return self._open(name)
         if name.startswith("/") and name[1:] in _KEPT_TAGS:
             return self._close(name[1:])
+        if _HTML_TAG.fullmatch(content):
+            return ""
         return None
+
+    def _open(self, name: str) -> str:
+        # Nesting a tag in itself changes nothing; refusing it keeps the
+        # stack at most three deep, so closing stays cheap.
+        if name in self.open_tags:
+            return ""
+        self.open_tags.append(name)
+        return f"<{name}>"
 
     def _close(self, name: str) -> str:
         if name not in self.open_tags:
@@ -492,7 +529,16 @@ class _CueText:
         closers = "".join(f"</{tag}>" for tag in reversed(inner))
         return f"{closers}</{name}>" + "".join(f"<{tag}>" for tag in inner)
 
-    def _override(self, body: str) -> None:
+    def _override(self, body: str) -> str:
+        """The markup for an ASS override block ``{body}``: italic, bold and underline switches; the rest is dropped."""
+        markup = []
         for part in body.split("\\"):
+            part = part.strip()
             if self.alignment is None and len(part) >= 3 and part.startswith("an") and part[2] in "123456789":
                 self.alignment = int(part[2])
+            elif part == "r":  # back to the style's defaults
+                markup.extend(self._close(tag) for tag in reversed(self.open_tags))
+            elif style := _ASS_STYLE.fullmatch(part):
+                name, value = style.groups()
+                markup.append(self._open(name) if value and int(value) else self._close(name))
+        return "".join(markup)

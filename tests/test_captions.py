@@ -196,8 +196,59 @@ def test_an8_becomes_a_top_line_setting():
         "00:00:07,000 --> 00:00:08,000\n{\\an2}{\\b1}Default {not an override}",
     ).encode()
     vtt = srt_to_vtt(data)
-    assert [text for _, _, text in read_back(vtt)] == ["On top", "Top left", "Middle", "Default {not an override}"]
+    assert [text for _, _, text in read_back(vtt)] == [
+        "On top", "<i>Top left</i>", "Middle", "<b>Default {not an override}</b>"
+    ]
     assert settings_of(vtt) == ["line:0", "line:0 align:left", "line:50%,center", ""]
+
+
+def test_ass_style_overrides_become_webvtt_tags():
+    data = srt(
+        "00:00:01,000 --> 00:00:02,000\n{\\i1}Leaning{\\i0} {\\b1}heavy{\\b0} {\\u1}under{\\u}",
+        "00:00:03,000 --> 00:00:04,000\n{\\b700\\i1}Both{\\r} reset {\\i1}open to the end",
+    ).encode()
+    assert [text for _, _, text in read_back(srt_to_vtt(data))] == [
+        "<i>Leaning</i> <b>heavy</b> <u>under</u>",
+        "<b><i>Both</i></b> reset <i>open to the end</i>",
+    ]
+
+
+def test_other_override_and_microdvd_blocks_are_dropped_braced_words_kept():
+    data = srt(
+        "00:00:01,000 --> 00:00:02,000\n{\\c&HFF0000&\\fs20}Blue{\\c} {\\some_letters}text",
+        "00:00:03,000 --> 00:00:04,000\n{Y:i}Whole cue {c:$0000FF}coloured",
+        "00:00:05,000 --> 00:00:06,000\nbut show this: {normal text} and {\\unclosed",
+    ).encode()
+    assert [text for _, _, text in read_back(srt_to_vtt(data))] == [
+        "Blue text",
+        "Whole cue coloured",
+        "but show this: {normal text} and {\\unclosed",
+    ]
+
+
+def test_ass_line_break_and_hard_space_escapes():
+    data = srt(
+        "00:00:01,000 --> 00:00:02,000\nFirst\\Nsecond\\N\\Nthird",
+        "00:00:03,000 --> 00:00:04,000\nno\\hbreak\\h\\h here \\TEST \\-) \\ N",
+    ).encode()
+    assert [text for _, _, text in read_back(srt_to_vtt(data))] == [
+        # A blank line would end a WebVTT cue, so the doubled break is one.
+        "First\nsecond\nthird",
+        "no\u00a0break\u00a0\u00a0 here \\TEST \\-) \\ N",
+    ]
+
+
+def test_strike_and_unknown_tags_are_dropped_but_not_less_than_signs():
+    data = srt(
+        "00:00:01,000 --> 00:00:02,000\n<s>Struck</s> <invalid_tag>closed</invalid_tag> <wwww>x</wwww>",
+        "00:00:03,000 --> 00:00:04,000\n<invalid_tag par=5>with attributes</invalid_tag_not_opened> <v Bob>voice",
+        "00:00:05,000 --> 00:00:06,000\n<u>2<3,5>1,4<6</u> a < 5 > c <<>>",
+    ).encode()
+    assert [text for _, _, text in read_back(srt_to_vtt(data))] == [
+        "Struck closed x",
+        "with attributes voice",
+        "<u>2&lt;3,5&gt;1,4&lt;6</u> a &lt; 5 &gt; c &lt;&lt;&gt;&gt;",
+    ]
 
 
 def test_markup_only_lines_join_the_text():
