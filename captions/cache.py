@@ -48,14 +48,14 @@ class CaptionCache:
 
     :param cache_dir: the server's cache folder; files go in its ``captions`` folder
     :param max_entries: how many tracks the in-memory LRU holds
-    :param convert: ``(data, format) -> WebVTT text``, raising :class:`CaptionError`
+    :param convert: ``(data, format, language tag) -> WebVTT text``, raising :class:`CaptionError`
     """
 
     def __init__(
         self,
         cache_dir: str,
         max_entries: int = 256,
-        convert: Callable[[bytes, str], str] = to_vtt,
+        convert: Callable[[bytes, str, str | None], str] = to_vtt,
     ) -> None:
         self._dir = os.path.join(cache_dir, "captions")
         self._max_entries = max_entries
@@ -71,32 +71,34 @@ class CaptionCache:
         :raises media.store.StoreError: as ``store.caption_source`` does
         """
         data, version = await store.caption_source(video, track.lang)
-        return await self.get(f"{video.id}/{track.lang}", version, data, track.format)
+        return await self.get(f"{video.id}/{track.lang}", version, data, track.format, track.lang)
 
-    async def get(self, key: str, version: str, data: bytes, fmt: str) -> str:
+    async def get(self, key: str, version: str, data: bytes, fmt: str, lang: str | None = None) -> str:
         """The WebVTT text for the track ``key`` whose source at ``version`` is ``data`` in format ``fmt``.
+
+        ``lang``, the track's language tag, helps read legacy code pages.
 
         ``data`` is converted only when neither memory nor disk holds this
         key's ``version``.
 
         :raises CaptionError: if ``data`` has no usable cue
         """
-        path = self._path(key, version, fmt)
+        path = self._path(key, version, fmt, lang)
         remembered = self._memory.get(key)
         if remembered is not None and remembered[0] == path:
             self._memory.move_to_end(key)
             return _result(remembered[1])
-        return await self._converting.run(path, lambda: self._load(key, path, data, fmt))
+        return await self._converting.run(path, lambda: self._load(key, path, data, fmt, lang))
 
-    def _path(self, key: str, version: str, fmt: str) -> str:
+    def _path(self, key: str, version: str, fmt: str, lang: str | None) -> str:
         track = _digest(key)
-        entry = _digest(f"{fmt.lower()}\0{version}\0{CONVERTER_REVISION}")
+        entry = _digest(f"{fmt.lower()}\0{lang}\0{version}\0{CONVERTER_REVISION}")
         return os.path.join(self._dir, track, f"{entry}.vtt")
 
-    async def _load(self, key: str, path: str, data: bytes, fmt: str) -> str:
+    async def _load(self, key: str, path: str, data: bytes, fmt: str, lang: str | None) -> str:
         loop = asyncio.get_running_loop()
         try:
-            vtt = await loop.run_in_executor(None, self._read_or_convert, path, data, fmt)
+            vtt = await loop.run_in_executor(None, self._read_or_convert, path, data, fmt, lang)
         except CaptionError as error:
             self._remember(key, path, error)
             raise
@@ -109,7 +111,7 @@ class CaptionCache:
         while len(self._memory) > self._max_entries:
             self._memory.popitem(last=False)
 
-    def _read_or_convert(self, path: str, data: bytes, fmt: str) -> str:
+    def _read_or_convert(self, path: str, data: bytes, fmt: str, lang: str | None) -> str:
         """Runs in the executor: the file on disk, else a fresh conversion written there."""
         try:
             with open(path, encoding="utf-8") as f:
@@ -118,7 +120,7 @@ class CaptionCache:
             pass
         except (OSError, UnicodeDecodeError) as error:
             log.warning("unreadable cached captions %s, converting again: %s", path, error)
-        vtt = self._convert(data, fmt)
+        vtt = self._convert(data, fmt, lang)
         _write_replacing_versions(path, vtt)
         return vtt
 

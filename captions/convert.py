@@ -7,8 +7,11 @@ starts with ``WEBVTT\\n\\n`` and reads back with webvtt-py in strict mode.
 
 What the SRT reader accepts and how it repairs it:
 
-* Encodings: a UTF-8, UTF-16 or UTF-32 byte order mark; else UTF-8; else a
-  legacy code page (see :func:`decode_subtitle_bytes`). CRLF and CR become LF.
+* Encodings: a UTF-8, UTF-16 or UTF-32 byte order mark; else UTF-8; else
+  the legacy code page whose reading is most coherent, the track's language
+  tag telling which language to expect: Western, Central European,
+  Cyrillic, Greek, Turkish, Baltic, Hebrew and Arabic code pages, GBK, Big5,
+  Shift_JIS and EUC-KR (see :func:`_decode_legacy`). CRLF and CR become LF.
 * Cue numbers are ignored, so missing or repeated ones do not matter, and
   WebVTT identifiers (which must be unique) are not written.
 * Timings: ``,`` or ``.`` before the milliseconds, fields without zero
@@ -53,6 +56,8 @@ import unicodedata
 from dataclasses import dataclass, field
 
 import charset_normalizer
+from charset_normalizer.cd import coherence_ratio
+from charset_normalizer.md import mess_ratio
 import webvtt
 from webvtt.models import Timestamp
 
@@ -86,20 +91,100 @@ _TYPOGRAPHY = frozenset("‘’‚“”„–—…«»‹›¡¿°€£¥§©�
 # C0 controls (bar tab and LF) and DEL, removed from the text.
 _CONTROLS = dict.fromkeys([*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F])
 
-_LEGACY_CANDIDATES = 3
+
+@dataclass(frozen=True)
+class _Language:
+    """What a language's subtitle text is made of, and the legacy code pages its files come in.
+
+    ``letters`` are the letters beyond ASCII it writes (lower case; upper
+    case counts too); ``scripts`` the Unicode scripts, by the first word of
+    the characters' names, for languages not written in Latin letters.
+    Code pages are Python codec names, the one its files mostly use first;
+    the East Asian ones are the Windows supersets, as players read them.
+    """
+
+    encodings: tuple[str, ...]
+    letters: str = ""
+    scripts: tuple[str, ...] = ()
 
 
-def decode_subtitle_bytes(data: bytes) -> str:
+_CENTRAL_EUROPEAN = ("cp1250", "iso8859_2")
+_WESTERN = ("cp1252", "latin_1")
+_CYRILLIC = ("cp1251", "koi8_r", "koi8_u", "iso8859_5")
+_BALTIC = ("cp1257", "iso8859_13", "iso8859_4")
+
+# Keyed by the primary subtag of the language tag in the file name
+# (`<id>.<lang>.srt`); "zh-hant" (and Taiwan, Hong Kong, Macao) is keyed
+# apart as its files are Big5, not GBK, and Serbian's Cyrillic as "sr-cyrl".
+# English is absent: ASCII says nothing.
+_LANGUAGES = {
+    "fr": _Language(_WESTERN, letters="àâæçéèêëîïôœùûüÿ"),
+    "de": _Language(_WESTERN, letters="äöüß"),
+    "es": _Language(_WESTERN, letters="áéíñóúü"),
+    "pt": _Language(_WESTERN, letters="áâãàçéêíóôõú"),
+    "it": _Language(_WESTERN, letters="àèéìíîòóùú"),
+    "nl": _Language(_WESTERN, letters="áéèëïóöü"),
+    "ca": _Language(_WESTERN, letters="àçèéíïòóú"),
+    "sv": _Language(_WESTERN, letters="åäöé"),
+    "fi": _Language(_WESTERN, letters="åäöšž"),
+    "da": _Language(_WESTERN, letters="æøåé"),
+    "no": _Language(_WESTERN, letters="æøåéóò"),
+    "nb": _Language(_WESTERN, letters="æøåéóò"),
+    "is": _Language(_WESTERN, letters="áðéíóúýþæö"),
+    "pl": _Language(_CENTRAL_EUROPEAN, letters="ąćęłńóśźż"),
+    "cs": _Language(_CENTRAL_EUROPEAN, letters="áčďéěíňóřšťúůýž"),
+    "sk": _Language(_CENTRAL_EUROPEAN, letters="áäčďéíĺľňóôŕšťúýž"),
+    "sl": _Language(_CENTRAL_EUROPEAN, letters="čšžćđ"),
+    "hr": _Language(_CENTRAL_EUROPEAN, letters="čćđšž"),
+    "bs": _Language(_CENTRAL_EUROPEAN, letters="čćđšž"),
+    "sr": _Language(("cp1250", "cp1251", "iso8859_2"), letters="čćđšž"),
+    "sr-cyrl": _Language(("cp1251", "iso8859_5"), scripts=("CYRILLIC",)),
+    "hu": _Language(_CENTRAL_EUROPEAN, letters="áéíóöőúüű"),
+    "ro": _Language(("cp1250", "iso8859_16", "iso8859_2"), letters="ăâîșțşţ"),
+    "sq": _Language(("cp1250", "cp1252"), letters="çë"),
+    "ru": _Language(_CYRILLIC, scripts=("CYRILLIC",)),
+    "uk": _Language(("cp1251", "koi8_u", "iso8859_5"), scripts=("CYRILLIC",)),
+    "be": _Language(_CYRILLIC, scripts=("CYRILLIC",)),
+    "bg": _Language(_CYRILLIC, scripts=("CYRILLIC",)),
+    "mk": _Language(_CYRILLIC, scripts=("CYRILLIC",)),
+    "el": _Language(("cp1253", "iso8859_7"), scripts=("GREEK",)),
+    "tr": _Language(("cp1254", "iso8859_9"), letters="âçğıîöşûü"),
+    "lt": _Language(_BALTIC, letters="ąčęėįšųūž"),
+    "lv": _Language(_BALTIC, letters="āčēģīķļņšūž"),
+    "et": _Language(_BALTIC, letters="äöõüšž"),
+    "he": _Language(("cp1255", "iso8859_8"), scripts=("HEBREW",)),
+    "yi": _Language(("cp1255", "iso8859_8"), scripts=("HEBREW",)),
+    "ar": _Language(("cp1256", "iso8859_6"), scripts=("ARABIC",)),
+    "fa": _Language(("cp1256",), scripts=("ARABIC",)),
+    "ur": _Language(("cp1256",), scripts=("ARABIC",)),
+    "zh": _Language(("gb18030", "cp950"), scripts=("CJK",)),
+    "zh-hant": _Language(("cp950", "big5hkscs", "gb18030"), scripts=("CJK",)),
+    "ja": _Language(("cp932", "euc_jp"), scripts=("CJK", "HIRAGANA", "KATAKANA", "KATAKANA-HIRAGANA")),
+    "ko": _Language(("cp949",), scripts=("HANGUL",)),
+}
+_TRADITIONAL_CHINESE = {"hant", "tw", "hk", "mo"}
+# Every code page of the table, tried for a file whatever its tag says, as tags can be wrong.
+_LEGACY_ENCODINGS = tuple(dict.fromkeys(["cp1252", *(e for lang in _LANGUAGES.values() for e in lang.encodings)]))
+
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
+_NOT_ASCII_LETTERS = bytes(byte for byte in range(128) if not chr(byte).isalpha())
+
+# Enough for any film's subtitles; a larger file is judged by its start.
+_SCORED_BYTES = 1024 * 1024
+
+# Below this, no reading of the file looks like text in any language: it
+# is served all the same, and logged.
+_COHERENT = 0.9
+
+
+def decode_subtitle_bytes(data: bytes, lang: str | None = None) -> str:
     """Decodes a subtitle file to text with LF line ends and no byte order mark.
 
-    A byte order mark wins; otherwise strict UTF-8; otherwise a legacy code
-    page. charset-normalizer proposes the code pages, but it often picks a
-    wrong Latin one for short Western text (cp1250 for French), so when its
-    best guess is Latin script, cp1252 and its candidates compete on how few
-    unlikely characters they produce, cp1252 winning ties: it is what most
-    legacy subtitle files use, and Latin-1 text reads the same in it. A
-    non-Latin guess (cp1251 Cyrillic…) is taken as is. NUL characters and
-    other C0 controls are removed.
+    A byte order mark wins; otherwise strict UTF-8; otherwise the legacy
+    code page whose reading is most coherent (see :func:`_decode_legacy`),
+    ``lang`` (the file's language tag, such as ``hr`` or ``zh-TW``) telling
+    which language to expect. NUL characters and other C0 controls are
+    removed.
 
     :raises CaptionError: if ``data`` is empty or over :data:`MAX_INPUT_BYTES`
     """
@@ -110,12 +195,12 @@ def decode_subtitle_bytes(data: bytes) -> str:
             f"the subtitle file is {len(data) / 2**20:.1f} MiB, "
             f"over the {MAX_INPUT_BYTES // 2**20} MiB limit"
         )
-    text = _decode(data)
+    text = _decode(data, lang)
     text = text.replace("\r\n", "\n").replace("\r", "\n").translate(_CONTROLS)
     return text.removeprefix("\ufeff")
 
 
-def _decode(data: bytes) -> str:
+def _decode(data: bytes, lang: str | None) -> str:
     for bom, encoding in _BOMS:
         if data.startswith(bom):
             return data[len(bom):].decode(encoding, errors="replace")
@@ -126,44 +211,124 @@ def _decode(data: bytes) -> str:
             return data.decode("utf-8")
         except UnicodeDecodeError:
             pass
-    return _decode_legacy(data)
+    return _decode_legacy(data, _language(lang))
 
 
-def _decode_legacy(data: bytes) -> str:
-    detected = [str(match) for match in list(charset_normalizer.from_bytes(data))[:_LEGACY_CANDIDATES]]
-    if detected and not _is_latin_script(detected[0]):
-        return detected[0]
-    try:
-        candidates = [data.decode("cp1252"), *detected]
-    except UnicodeDecodeError:  # bytes cp1252 leaves undefined
-        candidates = detected or [data.decode("latin-1")]
-    # min() keeps the first of equals: cp1252, then charset-normalizer's order.
-    return min(candidates, key=_unlikely_characters)
+def _language(tag: str | None) -> _Language | None:
+    if not tag:
+        return None
+    primary, *rest = tag.lower().replace("_", "-").split("-")
+    if primary == "zh" and _TRADITIONAL_CHINESE.intersection(rest):
+        primary = "zh-hant"
+    elif primary == "sr" and "cyrl" in rest:
+        primary = "sr-cyrl"
+    return _LANGUAGES.get(primary)
 
 
-def _is_latin_script(text: str) -> bool:
-    return all(
-        unicodedata.name(char, "").startswith("LATIN")
-        for char in set(text)
-        if ord(char) > 127 and char.isalpha()
+def _decode_legacy(data: bytes, expected: _Language | None) -> str:
+    """The reading of ``data`` in the code page that makes the most coherent text.
+
+    Single-byte code pages read any bytes as some letters, and a byte
+    frequency guess often takes one for another (cp1252 for Croatian cp1250,
+    turning "đ" into "ð"), so each candidate's reading of the file (its
+    first :data:`_SCORED_BYTES`, a whole film's subtitles) is judged by the
+    share of its non-ASCII characters that are letters of one language, or
+    subtitle typography: of ``expected``, when the file's tag names a
+    language and some candidate reads as it, else of the language it fits
+    best. Among the best, charset-normalizer's coherence (letter
+    frequencies) less its mess ratio (case swaps, stray symbols) decides,
+    then the order of the candidates: the expected language's code pages,
+    charset-normalizer's guesses, then every code page of
+    :data:`_LANGUAGES`, cp1252 first, as most legacy subtitle files use it.
+    A file that no candidate reads as one language is served in the best
+    reading and logged.
+    """
+    sample = data[:_SCORED_BYTES]
+    detected = [match.encoding for match in charset_normalizer.from_bytes(sample)]
+    preferred = [*(expected.encodings if expected else ()), *detected, *_LEGACY_ENCODINGS]
+    # latin_1 reads any bytes, so there is always a reading.
+    readings: dict[str, str] = {}
+    for encoding in dict.fromkeys(codecs.lookup(name).name for name in preferred):
+        try:
+            # Not final: the sample may end inside a multi-byte character.
+            readings[encoding] = codecs.getincrementaldecoder(encoding)().decode(sample, final=len(sample) == len(data))
+        except UnicodeDecodeError:
+            continue
+    fits = {encoding: _Fit(text, expected) for encoding, text in readings.items()}
+    use_expected = expected is not None and max(fit.expected for fit in fits.values()) >= _COHERENT
+    order = list(readings)
+
+    def letters(encoding: str) -> float:
+        # Rounded, so that one odd character in a long file does not
+        # outweigh the language evidence of the rest.
+        return round(fits[encoding].expected if use_expected else fits[encoding].best, 2)
+
+    top = max(letters(encoding) for encoding in readings)
+    # charset-normalizer's measures are slower: only for the best fits.
+    best = max(
+        (encoding for encoding in readings if letters(encoding) == top),
+        key=lambda encoding: (_coherence(readings[encoding]), -order.index(encoding)),
     )
+    if top < _COHERENT:
+        log.warning(
+            "no code page reads the subtitle file as text of one language; served as %s (%.0f%% fits)",
+            best, 100 * top,
+        )
+    if len(sample) == len(data):
+        return readings[best]
+    # Past the sample, bytes this code page lacks become U+FFFD.
+    return data.decode(best, errors="replace")
 
 
-def _unlikely_characters(text: str) -> int:
-    """How many characters a real subtitle would hardly hold: stray symbols, controls."""
-    return sum(
-        count
-        for char, count in collections.Counter(text).items()
-        if (ord(char) > 127 and not char.isalpha() and char not in _TYPOGRAPHY)
-        or (ord(char) < 32 and char not in "\t\n\r")
-    )
+def _coherence(text: str) -> float:
+    """charset-normalizer's letter-frequency coherence of ``text``, less its mess ratio (case swaps, stray symbols)."""
+    languages = coherence_ratio(text)
+    return max((ratio for _, ratio in languages), default=0.0) - mess_ratio(text, maximum_threshold=1.0)
+
+
+class _Fit:
+    """How much of one reading of a file is letters of one language."""
+
+    def __init__(self, text: str, expected: _Language | None) -> None:
+        # Subtitle text is mostly ASCII: counting only the rest keeps this
+        # cheap for each of the two dozen candidates.
+        counts = collections.Counter("".join(_NON_ASCII.findall(text)))
+        total = sum(counts.values())
+        typography = sum(count for char, count in counts.items() if _is_typography(char))
+        # Text in a non-Latin script has few ASCII letters: a code page
+        # that sprinkles Cyrillic into Latin words is not Russian.
+        ascii_letters = len(text.encode("ascii", "ignore").translate(None, _NOT_ASCII_LETTERS))
+
+        def share(language: _Language) -> float:
+            considered = total + (ascii_letters if language.scripts else 0)
+            if not considered:
+                return 1.0
+            letters = sum(count for char, count in counts.items() if _writes(language, char))
+            return (letters + typography) / considered
+
+        self.expected = share(expected) if expected is not None else 0.0
+        self.best = max(share(language) for language in _LANGUAGES.values())
+
+
+def _writes(language: _Language, char: str) -> bool:
+    if char.lower() in language.letters:
+        return True
+    return unicodedata.name(char, "").split(" ", 1)[0] in language.scripts
+
+
+def _is_typography(char: str) -> bool:
+    # CJK and full-width punctuation ("。", "？") belong to the East Asian readings.
+    return char in _TYPOGRAPHY or "\u3000" <= char <= "\u303f" or "\uff00" <= char <= "\uff65"
 
 
 # ---------------------------------------------------------------- conversion
 
 
-def to_vtt(data: bytes, fmt: str) -> str:
+def to_vtt(data: bytes, fmt: str, lang: str | None = None) -> str:
     """Converts a caption file whose declared format is ``fmt`` ("srt" or "vtt") to WebVTT.
+
+    ``lang`` is the track's language tag (``hr``, ``zh-TW``), evidence for
+    reading a file in a legacy code page (see :func:`decode_subtitle_bytes`).
 
     :raises CaptionError: for another format, or see :func:`srt_to_vtt`
     """
@@ -171,20 +336,20 @@ def to_vtt(data: bytes, fmt: str) -> str:
     converter = converters.get(fmt.lower().lstrip("."))
     if converter is None:
         raise CaptionError(f"unsupported subtitle format {fmt!r}: use SRT or WebVTT")
-    return converter(data)
+    return converter(data, lang)
 
 
-def srt_to_vtt(data: bytes) -> str:
+def srt_to_vtt(data: bytes, lang: str | None = None) -> str:
     """Converts an SRT file to WebVTT, repairing what can be repaired (see the module doc).
 
     A file that is really WebVTT is passed through as :func:`vtt_to_vtt` does.
 
     :raises CaptionError: if the file is empty, too large, or has no usable cue
     """
-    return _convert(data, declared="srt")
+    return _convert(data, "srt", lang)
 
 
-def vtt_to_vtt(data: bytes) -> str:
+def vtt_to_vtt(data: bytes, lang: str | None = None) -> str:
     """Validates and normalises a WebVTT file.
 
     webvtt-py reads it (malformed cue blocks are skipped); cues, their
@@ -195,11 +360,11 @@ def vtt_to_vtt(data: bytes) -> str:
 
     :raises CaptionError: if the file is empty, too large, or has no usable cue
     """
-    return _convert(data, declared="vtt")
+    return _convert(data, "vtt", lang)
 
 
-def _convert(data: bytes, declared: str) -> str:
-    text = decode_subtitle_bytes(data)
+def _convert(data: bytes, declared: str, lang: str | None) -> str:
+    text = decode_subtitle_bytes(data, lang)
     # webvtt-py accepts anything starting with the signature; leading blank
     # lines are a common slip.
     stripped = text.lstrip()

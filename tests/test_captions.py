@@ -83,6 +83,92 @@ def test_cp1251_cyrillic():
     assert read_back(srt_to_vtt(data))[0][2] == "Привет, как дела? Всё хорошо."
 
 
+# Lines written for these tests, each in a code page its language's
+# subtitle files come in; the standard codecs for the East Asian ones, which
+# the Windows supersets the reader uses must read alike.
+LEGACY_SUBTITLES = {
+    ("hr", "cp1250"): [
+        "Đino, dođavola, gdje si bio cijelu noć?", "Čekali smo te satima ispred kuće.",
+        "Žao mi je, nisam htio da se brinete.", "Šutnja nije odgovor, moraš nam reći istinu.",
+    ],
+    ("cs", "iso8859_2"): [
+        "Řekl jsem ti, že se vrátím před půlnocí.", "Ještě jsme nedojedli večeři, pojď ke stolu.",
+        "Šťastnou cestu a dej vědět, až dorazíš.",
+    ],
+    ("hu", "cp1250"): ["Hol voltál egész éjjel? Vártunk rád.", "Bocsánat, nem akartam, hogy aggódjatok.", "Ő nem jön, túl fáradt."],
+    ("ru", "cp1251"): [
+        "Где ты был всю ночь? Мы тебя ждали.", "Извини, я не хотел, чтобы вы волновались.",
+        "Молчание — это не ответ, скажи нам правду.",
+    ],
+    ("ru", "koi8_r"): ["Завтра утром мы уезжаем на вокзал.", "Ты взял билеты и паспорта?", "Конечно, они лежат в моём рюкзаке."],
+    ("el", "cp1253"): [
+        "Πού ήσουν όλη τη νύχτα; Σε περιμέναμε.", "Συγγνώμη, δεν ήθελα να ανησυχήσετε.",
+        "Η σιωπή δεν είναι απάντηση, πες μας την αλήθεια.",
+    ],
+    ("tr", "cp1254"): [
+        "Bütün gece neredeydin? Seni bekledik.", "Özür dilerim, endişelenmenizi istemedim.",
+        "Sessizlik bir cevap değil, bize gerçeği söyle.",
+    ],
+    ("lt", "cp1257"): [
+        "Kur buvai visą naktį? Mes tavęs laukėme.", "Atsiprašau, nenorėjau, kad jaudintumėtės.",
+        "Tyla nėra atsakymas, pasakyk mums tiesą.",
+    ],
+    ("lv", "cp1257"): [
+        "Kur tu biji visu nakti? Mēs tevi gaidījām.", "Piedod, es negribēju, lai jūs uztraucaties.",
+        "Klusēšana nav atbilde, pasaki mums patiesību.",
+    ],
+    ("he", "cp1255"): ["איפה היית כל הלילה? חיכינו לך.", "סליחה, לא רציתי שתדאגו.", "שתיקה היא לא תשובה, תגיד לנו את האמת."],
+    ("ar", "cp1256"): ["أين كنت طوال الليل؟ كنا ننتظرك.", "آسف، لم أرد أن تقلقوا.", "الصمت ليس جوابا، قل لنا الحقيقة."],
+    ("zh", "gb2312"): ["你昨晚去哪儿了？我们一直在等你。", "对不起，我不想让你们担心。", "沉默不是答案，告诉我们真相。"],
+    ("zh-TW", "big5"): ["你昨晚去哪裡了？我們一直在等你。", "對不起，我不想讓你們擔心。", "沉默不是答案，告訴我們真相。"],
+    ("ja", "shift_jis"): ["昨夜はどこにいたの？ずっと待っていたよ。", "ごめん、心配させたくなかったんだ。", "黙っていても答えにならない、本当のことを言って。"],
+    ("ko", "euc_kr"): ["어젯밤에 어디 있었어? 우리 계속 기다렸어.", "미안해, 걱정시키고 싶지 않았어.", "침묵은 대답이 아니야, 진실을 말해 줘."],
+}
+
+
+def legacy_srt(lines: list[str]) -> str:
+    """One cue a second, one line each."""
+    return srt(*(f"{srt_time(n * 1000, ',')} --> {srt_time(n * 1000 + 900, ',')}\n{line}" for n, line in enumerate(lines, 1)))
+
+
+@pytest.mark.parametrize("lang, encoding", list(LEGACY_SUBTITLES))
+def test_legacy_code_pages_read_as_their_language(lang, encoding):
+    lines = LEGACY_SUBTITLES[lang, encoding]
+    data = legacy_srt(lines).encode(encoding)
+    assert [text for _, _, text in read_back(srt_to_vtt(data, lang))] == lines
+    if (lang, encoding) != ("lv", "cp1257"):
+        # Without the tag too; Latvian's letters are also Turkish ones in cp1254 ("Mēs" "Mçs"), so it needs the tag.
+        assert [text for _, _, text in read_back(srt_to_vtt(data))] == lines
+
+
+def test_croatian_cp1250_is_not_read_as_cp1252_even_when_short():
+    # "Ðino, doðavola." is letters in cp1252 too (Icelandic ones): the tag decides.
+    data = legacy_srt(["Đino, dođavola."]).encode("cp1250")
+    assert read_back(to_vtt(data, "srt", "hr"))[0][2] == "Đino, dođavola."
+    assert read_back(to_vtt(data, "srt", "hr-HR"))[0][2] == "Đino, dođavola."
+
+
+def test_a_whole_film_in_cp1250_is_read_whole():
+    lines = LEGACY_SUBTITLES["hr", "cp1250"] * 300
+    data = legacy_srt(lines).encode("cp1250")
+    assert [text for _, _, text in read_back(srt_to_vtt(data, "hr"))] == lines
+
+
+def test_a_wrong_language_tag_loses_to_the_text():
+    # A Russian file filed under "hr": no code page reads it as Croatian.
+    lines = LEGACY_SUBTITLES["ru", "cp1251"]
+    assert [text for _, _, text in read_back(srt_to_vtt(legacy_srt(lines).encode("cp1251"), "hr"))] == lines
+
+
+def test_a_file_no_code_page_reads_coherently_is_served_and_logged(caplog):
+    noise = bytes(range(0x80, 0x100)).decode("latin-1")
+    data = srt(f"00:00:01,000 --> 00:00:02,000\nKeep {noise}").encode("latin-1")
+    with caplog.at_level(logging.WARNING, logger="binge.captions"):
+        cues = read_back(srt_to_vtt(data, "de"))
+    assert len(cues) == 1 and cues[0][2].startswith("Keep ")
+    assert "no code page reads the subtitle file as text of one language" in caplog.text
+
+
 @pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-16-be", "utf-32"])
 def test_byte_order_marks(encoding):
     # Python's utf-16/utf-32 codecs write a mark; utf-16-be gets one by hand.
@@ -476,14 +562,16 @@ class CountingConverter:
 
     def __init__(self, delay: float = 0.0) -> None:
         self.calls = 0
+        self.langs: list[str | None] = []
         self.delay = delay
         self._lock = threading.Lock()
 
-    def __call__(self, data: bytes, fmt: str) -> str:
+    def __call__(self, data: bytes, fmt: str, lang: str | None) -> str:
         with self._lock:
             self.calls += 1
+            self.langs.append(lang)
         time.sleep(self.delay)
-        return to_vtt(data, fmt)
+        return to_vtt(data, fmt, lang)
 
 
 def one_cue(text: str) -> bytes:
@@ -594,4 +682,15 @@ def test_vtt_reads_the_track_from_the_store(tmp_path):
         assert read_back(await cache.vtt(store, video, track))[0][2] == "Edited"
 
     asyncio.run(scenario())
-    assert convert.calls == 2
+    assert convert.calls == 2 and convert.langs == ["en", "en"]
+
+
+def test_vtt_reads_legacy_code_pages_in_the_tracks_language(tmp_path):
+    class Store:
+        async def caption_source(self, video, lang):
+            return legacy_srt(["Đino, dođavola."]).encode("cp1250"), "1-1"
+
+    cache = CaptionCache(str(tmp_path))
+    video = types.SimpleNamespace(id="alpha")
+    track = types.SimpleNamespace(lang="hr", format="srt")
+    assert read_back(asyncio.run(cache.vtt(Store(), video, track)))[0][2] == "Đino, dođavola."
