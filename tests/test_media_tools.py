@@ -161,9 +161,10 @@ def test_human_duration(seconds, text):
 
 
 def test_make_video_is_fast_seekable_and_streamable(tmp_path):
-    start = time.perf_counter()
+    # CPU time: the claim is about the work, which a busy machine's wall clock would blur.
+    start = time.process_time()
     path = make_video(str(tmp_path / "four.mp4"), seconds=4.0)
-    assert time.perf_counter() - start < 2.0, "4 s of 320x240 should take well under a second"
+    assert time.process_time() - start < 1.0, "4 s of 320x240 should take well under a second of CPU"
     with av.open(path) as container:
         video = container.streams.video[0]
         keyframes = [float(p.pts * p.time_base) for p in container.demux(video) if p.is_keyframe]
