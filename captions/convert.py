@@ -14,10 +14,12 @@ What the SRT reader accepts and how it repairs it:
   Shift_JIS and EUC-KR (see :func:`_decode_legacy`). CRLF and CR become LF.
 * Cue numbers are ignored, so missing or repeated ones do not matter, and
   WebVTT identifiers (which must be unique) are not written.
-* Timings: ``,`` or ``.`` before the milliseconds, fields without zero
-  padding, hours past 99, no milliseconds at all. Fields are integers as
-  written, so ``0:0:1,5`` is 1.005 s, as ffmpeg, VLC and webvtt-py's own SRT
-  reader read it: short fields come from tools that do not zero-pad.
+* Timings: ``,`` or ``.`` before the milliseconds (or ``:`` after hours,
+  minutes and seconds, a slip that FFmpeg and pysubs2 show as cue text),
+  fields without zero padding, hours past 99, no milliseconds at all.
+  Fields are integers as written, so ``0:0:1,5`` is 1.005 s, as ffmpeg, VLC
+  and webvtt-py's own SRT reader read it: short fields come from tools that
+  do not zero-pad.
 * Blank lines inside a cue are dropped: a cue runs to the next timing line.
 * End before start: the two are swapped (browsers reject such cues, and a
   swap keeps the text on screen for the intended length). Cues are written
@@ -488,7 +490,7 @@ def _valid_region(region: webvtt.Region) -> webvtt.Region:
 # Every quantifier is bounded and the pattern is anchored at the line start,
 # so a match attempt costs at most a few dozen steps past leading spaces.
 # Whatever follows the end time (SRT's X1:… coordinates) is ignored.
-_TIME = r"(?:(\d{1,10})\s*:\s*)?(\d{1,3})\s*:\s*(\d{1,3})(?:\s*[,.]\s*(\d{1,9}))?"
+_TIME = r"(?:(\d{1,10})\s*:\s*)?(\d{1,3})\s*:\s*(\d{1,3})(?:\s*[,.:]\s*(\d{1,9}))?"
 _TIMING = re.compile(rf"\s*{_TIME}\s*-->\s*{_TIME}")
 
 

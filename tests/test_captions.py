@@ -221,6 +221,11 @@ def test_dot_separator_and_short_fields():
     ]
 
 
+def test_colon_before_the_milliseconds():
+    data = b"1\n00:00:07,000 --> 00:00:11:890\nColon\n\n2\n00:11:890 --> 00:12,000\nNo hours: seconds 890\n"
+    assert read_back(srt_to_vtt(data)) == [("00:00:07.000", "00:00:11.890", "Colon")]
+
+
 def test_blank_line_inside_a_cue():
     data = b"1\n00:00:01,000 --> 00:00:02,000\nFirst part\n\nafter a blank line\n\n2\n00:00:03,000 --> 00:00:04,000\nNext\n"
     assert read_back(srt_to_vtt(data)) == [
