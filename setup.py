@@ -19,7 +19,7 @@ setup(
         "prometheus_client>=0.20",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-tornado>=0.8", "pytest-timeout>=2.3", "hypothesis>=6.100", "playwright>=1.40"],
+        "test": ["pytest>=8", "pytest-tornado>=0.8", "pytest-timeout>=2.3", "hypothesis>=6.100", "playwright>=1.40", "pysubs2>=1.7"],
     },
     entry_points={
         "console_scripts": [

@@ -491,7 +491,8 @@ def _valid_region(region: webvtt.Region) -> webvtt.Region:
 # so a match attempt costs at most a few dozen steps past leading spaces.
 # Whatever follows the end time (SRT's X1:… coordinates) is ignored.
 _TIME = r"(?:(\d{1,10})\s*:\s*)?(\d{1,3})\s*:\s*(\d{1,3})(?:\s*[,.:]\s*(\d{1,9}))?"
-_TIMING = re.compile(rf"\s*{_TIME}\s*-->\s*{_TIME}")
+# The end time must end there: "00:00:xx" is not a time that reads "00:00".
+_TIMING = re.compile(rf"\s*{_TIME}\s*-->\s*{_TIME}(?![\d:,.])")
 
 
 @dataclass
