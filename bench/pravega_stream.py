@@ -197,7 +197,7 @@ def main() -> None:
                                                         duration_seconds=None, captions={}, poster=None),
                                      lambda done: None)
         print(f"ingested {FILE_SIZE // RANGE} MiB into {scope} in {time.monotonic() - started:.1f} s", flush=True)
-        stream = record.metadata["stream"]
+        stream = record.locator
 
         port = free_port()
         config = os.path.join(work, "config.yaml")

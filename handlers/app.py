@@ -6,17 +6,16 @@ import time
 
 import tornado.web
 
+import backends
 from captions.cache import CaptionCache
 from handlers import catalog, health, metrics, pages, peers, presence, stream
 from handlers.base import NotFoundHandler, client_ip
-from media.store import Store
+from media.store import Store, UpstreamManifests
 from ops import access_log
 from ops.limits import Slots
 from ops.metrics import Metrics
 from peers.manifest_cache import ManifestCache
-from peers.node_store import PeerNodeStore
 from presence.broadcast import Broadcaster
-from presence.pravega_link import PresenceLink
 from presence.state import Presence
 from settings import Settings
 
@@ -56,7 +55,7 @@ class BingeApp(tornado.web.Application):
         self.started = time.monotonic()
         self.store = store
         # This server's id in Binge-Via (peers.hops): a node's; an origin asks no upstream, so has none.
-        self.node_id: str | None = store.upstream.node_id if isinstance(store, PeerNodeStore) else None
+        self.node_id: str | None = store.node_id
         self.presence = Presence()
         self.metrics = Metrics(store.name)
         # Video bodies being sent and presence websockets, limited per client address.
@@ -75,21 +74,17 @@ class BingeApp(tornado.web.Application):
         )
         store.add_listener(self._on_catalog_change)
         # Instances on one Pravega scope share one presence picture.
-        self.presence_link: PresenceLink | None = None
-        if store.name == "pravega":
-            self.presence_link = PresenceLink(self.presence, config.pravega)
+        self.presence_link = backends.shared_presence(config, self.presence)
+        if self.presence_link:
             self.presence_link.start()
-        # An origin hashes its videos into manifests in the background, so
-        # that nodes find them ready; a node mirrors what its clients watch
-        # onto its upstream's presence, and serves its upstream's manifests.
-        self.manifests: ManifestCache | None = None
-        if isinstance(store, PeerNodeStore):
-            store.announce(self.presence)
-            store.on_bad_piece = self.metrics.piece_failed
-            self.metrics.count_sources(store.sources)
-        else:
-            self.manifests = ManifestCache(store, config.storage.cache_dir, config.peer.piece_size)
-            self.manifests.follow_catalog()
+        # A node mirrors what its clients watch onto its upstream's presence,
+        # and serves its upstream's manifests; an origin hashes its videos
+        # into manifests in the background, so that nodes find them ready.
+        store.join(self.presence, self.metrics)
+        self.manifests: UpstreamManifests | ManifestCache | None = store.upstream_manifests()
+        if self.manifests is None:
+            hashed = self.manifests = ManifestCache(store, config.storage.cache_dir, config.peer.piece_size)
+            hashed.follow_catalog()
 
     def log_request(self, handler: tornado.web.RequestHandler) -> None:
         """Writes the request's access line and counts it by route and status."""
@@ -102,25 +97,12 @@ class BingeApp(tornado.web.Application):
     async def close(self) -> None:
         if self.presence_link:
             await self.presence_link.close()
-        if self.manifests:
-            await self.manifests.close()
+        await self.manifests.close()
         await self.store.close()
-
-
-def make_store(config: Settings) -> Store:
-    if config.peer.upstream:
-        return PeerNodeStore(config)
-    if config.storage.backend == "pravega":
-        from media.pravega_store import PravegaStore
-
-        return PravegaStore(config)
-    from media.filesystem import FilesystemStore
-
-    return FilesystemStore(config.storage)
 
 
 async def build_app(config: Settings) -> BingeApp:
     """Creates the store for ``config``, loads its catalog and returns the app ready to listen."""
-    store = make_store(config)
+    store = backends.open_store(config)
     await store.start()
     return BingeApp(config, store)

@@ -16,7 +16,6 @@ from media.ranges import Unsatisfiable, parse_range
 from media.store import StoreError, VideoRecord, check_video_id
 from peers.have import to_ranges
 from peers.hops import LoopDetected
-from peers.node_store import PeerNodeStore
 from peers.ordering import closest_first
 
 log = logging.getLogger("binge.peers")
@@ -26,23 +25,12 @@ class PeerHandler(BaseHandler):
     def video(self, video_id: str) -> VideoRecord:
         return self.application.store.get(check_video_id(video_id))
 
-    def node_store(self) -> PeerNodeStore:
-        store = self.application.store
-        if not isinstance(store, PeerNodeStore):
-            raise ApiError(404, "this server is an origin, not a peer node: read videos from /videos/{id}/stream")
-        return store
-
 
 class ManifestHandler(PeerHandler):
     """``GET /videos/{id}/manifest``: computed here on the origin, the upstream's on a node."""
 
     async def get(self, video_id: str) -> None:
-        video = self.video(video_id)
-        store = self.application.store
-        if isinstance(store, PeerNodeStore):
-            manifest = await store.manifest(video)
-        else:
-            manifest = await self.application.manifests.get(video)
+        manifest = await self.application.manifests.get(self.video(video_id))
         self.set_header("Cache-Control", "no-cache")
         self.write_json(manifest.to_json())
 
@@ -62,14 +50,12 @@ class PeersHandler(PeerHandler):
             for w in self.application.presence.watchers(video.id)
             if "peer" in w
         ]
-        store = self.application.store
-        if isinstance(store, PeerNodeStore):
-            try:
-                peers += await store.upstream.peers(video.id)
-            except LoopDetected:
-                raise
-            except StoreError as e:
-                log.info("listing peers of %s without the upstream's: %s", video.id, e)
+        try:
+            peers += await self.application.store.upstream_peers(video.id)
+        except LoopDetected:
+            raise
+        except StoreError as e:
+            log.info("listing peers of %s without the upstream's: %s", video.id, e)
         unique: dict[str, dict] = {}
         for peer in peers:
             unique.setdefault(peer["url"], {"url": peer["url"], "address": peer["address"]})
@@ -81,8 +67,7 @@ class HaveHandler(PeerHandler):
     """``GET /videos/{id}/have``: ``{"root", "pieceSize", "pieces": [[first, end], ...]}``, the verified pieces held."""
 
     def get(self, video_id: str) -> None:
-        store = self.node_store()
-        storage = store.pieces(self.video(video_id).id)
+        storage = self.application.store.pieces(self.video(video_id).id)
         manifest = storage.manifest
         self.set_header("Cache-Control", "no-store")
         self.write_json({
@@ -106,7 +91,7 @@ class PieceHandler(PeerHandler):
         await self._serve(video_id, int(index), include_body=False)
 
     async def _serve(self, video_id: str, n: int, include_body: bool) -> None:
-        data = await self.node_store().piece_for_peer(self.video(video_id).id, n, self.get_query_argument("root", None))
+        data = await self.application.store.piece_for_peer(self.video(video_id).id, n, self.get_query_argument("root", None))
         if data is None:
             raise ApiError(404, f"this node does not hold piece {n} of that manifest of {video_id!r}")
         self.set_header("Accept-Ranges", "bytes")
@@ -129,6 +114,6 @@ class SourcesHandler(PeerHandler):
     """``GET /videos/{id}/sources``: ``{"local", "peers", "origin"}``, bytes served here by where they came from."""
 
     def get(self, video_id: str) -> None:
-        store = self.node_store()
+        counts = self.application.store.source_counts(self.video(video_id).id)
         self.set_header("Cache-Control", "no-store")
-        self.write_json(store.source_counts(self.video(video_id).id))
+        self.write_json(counts)

@@ -105,13 +105,13 @@ class FilesystemStore(Store):
             if ext.lower() not in VIDEO_TYPES or not VIDEO_ID.match(stem):
                 continue
             if stem in videos:
-                log.warning("two videos with id %r in %s; using %s", stem, self.folder, videos[stem].metadata["file"])
+                log.warning("two videos with id %r in %s; using %s", stem, self.folder, videos[stem].locator)
                 continue
             try:
                 videos[stem] = self._record(stem, entry, ext.lower(), entries)
             except OSError as e:
                 log.warning("skipping %s: %s", name, e)
-        live = {os.path.join(self.folder, v.metadata["file"]) for v in videos.values()}
+        live = {os.path.join(self.folder, v.locator) for v in videos.values()}
         self._probed = {path: value for path, value in self._probed.items() if path in live}
         return videos
 
@@ -148,7 +148,8 @@ class FilesystemStore(Store):
             captions=tuple(sorted(captions, key=lambda t: t.lang)),
             poster_url=poster_url,
             has_poster=has_poster,
-            metadata={**meta, "file": entry.name},
+            metadata=meta,
+            locator=entry.name,
         )
 
     def _metadata(self, video_id: str, entries: dict[str, os.DirEntry]) -> dict:
@@ -180,7 +181,7 @@ class FilesystemStore(Store):
 
     def open_file(self, video: VideoRecord) -> BinaryIO:
         try:
-            f = open(self._path(video.metadata["file"]), "rb", buffering=0)
+            f = open(self._path(video.locator), "rb", buffering=0)
         except FileNotFoundError:
             raise NotFound(f"video {video.id!r} is no longer in the library") from None
         except OSError as e:

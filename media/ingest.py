@@ -24,7 +24,7 @@ import sys
 import unicodedata
 from typing import Iterable
 
-from media.filesystem_ingest import ingest_into_library
+import backends
 from media.probe import human_duration, poster_jpeg, probe
 from media.progress import ByteProgress
 from media.store import CAPTION_FORMATS, LANGUAGE_TAG, InvalidInput, NewVideo, StoreError, check_video_id
@@ -113,20 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         return _fail(f"{e.filename or args.file}: {e.strerror}", 2)
 
-    backend = settings.storage.backend
-    if backend == "pravega":
-        where = f"Pravega scope {settings.pravega.scope!r} at {settings.pravega.controller_uri}"
-    else:
-        where = settings.storage.library
+    where = backends.location(settings)
     progress = ByteProgress(os.path.getsize(args.file), f"Adding {os.path.basename(args.file)}")
     try:
-        if backend == "pravega":
-            # Imported only here: the Pravega client is not needed by a filesystem setup.
-            from media.pravega_store import ingest_into_pravega
-
-            ingest_into_pravega(settings, item, progress)
-        else:
-            ingest_into_library(settings, item, progress)
+        backends.ingest(settings, item, progress)
     except KeyboardInterrupt:
         progress.abandon()
         return _fail("interrupted before the video was added", 130)
@@ -135,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(e), 2)
     except (StoreError, ImportError) as e:
         progress.abandon()
-        return _fail(f"the {backend} store failed: {e}", 1)
+        return _fail(f"the {settings.storage.backend} store failed: {e}", 1)
     except OSError as e:
         progress.abandon()
         return _fail(f"cannot write {e.filename or where}: {e.strerror}", 1)

@@ -160,7 +160,8 @@ def _stored_video(raw: dict) -> StoredVideo:
         captions=tuple(track for track, _ in captions.values()),
         poster_url=poster_url,
         has_poster=poster is not None,
-        metadata={**metadata, "stream": stream},
+        metadata=metadata,
+        locator=stream,
     )
     return StoredVideo(
         record=record,

@@ -93,9 +93,7 @@ class PravegaStore(Store):
         if not 0 <= start <= end <= video.size:
             raise ValueError(f"range {start}-{end} is outside video {video.id!r} of {video.size} bytes")
         self._check_reachable()
-        # The record names its own stream, so a read of a version that was just
-        # replaced still gets the bytes its ETag and size promised.
-        stream = video.metadata["stream"]
+        stream = video.locator  # the stream of the record's own version
         buffer = memoryview(bytearray(min(chunk_size, _MAX_CHUNK, max(end - start, 1))))
         with self._readers.session() as session:
             offset = start

@@ -2,8 +2,12 @@
 
 A store owns the catalog (one :class:`VideoRecord` per video) and the bytes
 behind it. Handlers and the peer layer only talk to this interface, so the
-filesystem store and the Pravega store are interchangeable, and the same HTTP
-tests run against both.
+filesystem store, the Pravega store and a peer node's store are
+interchangeable, and the same HTTP tests run against all of them. What a
+peer node adds (its upstream's manifests and peers, the pieces it holds and
+where its bytes came from) is part of the interface too, with an origin's
+answers as defaults, so that no caller asks which store it has.
+:mod:`backends` picks the store that config.yaml names.
 """
 
 from __future__ import annotations
@@ -11,7 +15,13 @@ from __future__ import annotations
 import abc
 import re
 from dataclasses import dataclass, field
-from typing import AsyncIterator, BinaryIO, Callable
+from typing import TYPE_CHECKING, AsyncIterator, BinaryIO, Callable
+
+if TYPE_CHECKING:
+    from peers.manifest import Manifest
+    from peers.pieces import PieceStorage
+    from ops.metrics import Metrics
+    from presence.state import Presence
 
 VIDEO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 
@@ -50,6 +60,13 @@ class InvalidInput(StoreError):
     status = 400
 
 
+class NotAPeerNode(NotFound):
+    """Asked an origin for what only a peer node has: pieces held, and where its bytes came from."""
+
+    def __init__(self) -> None:
+        super().__init__("this server is an origin, not a peer node: read videos from /videos/{id}/stream")
+
+
 def check_video_id(video_id: str) -> str:
     if not VIDEO_ID.match(video_id) or len(video_id) > 200:
         raise InvalidInput(f"invalid video id {video_id!r}: use letters, digits, '.', '_' and '-'")
@@ -82,6 +99,9 @@ class VideoRecord:
     # True where the store holds a poster image of its own (served at /videos/{id}/poster).
     has_poster: bool = False
     metadata: dict = field(default_factory=dict, compare=False, hash=False)
+    # Where the store that made the record keeps its bytes (a file name, a stream name): only that store
+    # reads it. Each record carries its own, so a read of a version just replaced gets the bytes it promised.
+    locator: str = field(default="", repr=False)
 
     def caption(self, lang: str) -> CaptionTrack | None:
         return next((t for t in self.captions if t.lang == lang), None)
@@ -176,3 +196,44 @@ class Store(abc.ABC):
     def _catalog_changed(self) -> None:
         for callback in list(self._listeners):
             callback()
+
+    # --- What a peer node adds (see peers.node_store) --------------------------
+    # An origin holds whole videos, hashes its own manifests (peers.manifest_cache)
+    # and asks no upstream: the defaults answer as it does.
+
+    #: This server's id in Binge-Via (see peers.hops); an origin asks no upstream, so has none.
+    node_id: str | None = None
+
+    def join(self, presence: Presence, metrics: Metrics) -> None:
+        """Meets the server it serves, once built: who its clients watch, and the metrics to count into."""
+
+    def upstream_manifests(self) -> UpstreamManifests | None:
+        """Where the manifests of this store's videos come from when not hashed from its bytes: a node's upstream."""
+        return None
+
+    async def upstream_peers(self, video_id: str) -> list[dict]:
+        """``[{"url", "address"}]``: the video's peers known beyond this server (a node's upstream's)."""
+        return []
+
+    def pieces(self, video_id: str) -> PieceStorage:
+        """The pieces of the video held here (of whichever version was last fetched)."""
+        raise NotAPeerNode()
+
+    async def piece_for_peer(self, video_id: str, n: int, root: str | None) -> bytes | None:
+        """Piece ``n``, as stored, for another node, if held of the manifest ``root`` names; else None."""
+        raise NotAPeerNode()
+
+    def source_counts(self, video_id: str) -> dict[str, int]:
+        """Bytes of the video served to this server's readers, by where they came from."""
+        raise NotAPeerNode()
+
+
+class UpstreamManifests(abc.ABC):
+    """Manifests a store has from elsewhere (see :meth:`Store.upstream_manifests`)."""
+
+    @abc.abstractmethod
+    async def get(self, video: VideoRecord) -> Manifest:
+        """The manifest peers verify ``video``'s pieces by."""
+
+    async def close(self) -> None:
+        """Stops what it started."""

@@ -14,7 +14,8 @@ On the first read of a video the node takes its manifest from the upstream
 for the video's peers, waiting at most ``DISCOVERY_WAIT`` seconds for them
 so a first byte comes quickly even when a peer is slow to answer.
 
-Pieces are kept by the node's own backend: on the filesystem, at their
+Pieces are kept by the node's own backend (a :class:`~peers.pieces.PieceStore`,
+which :mod:`backends` picks): on the filesystem, at their
 offsets in sparse files in ``<storage.library>/.pieces``
 (:class:`~peers.pieces.SparseFilePieces`), so any range can be kept; in
 Pravega, the verified prefix of each video in an event stream of
@@ -37,24 +38,23 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import os
 import time
 from typing import AsyncIterator, Callable, Iterator
 from urllib.parse import quote
 
 from media.single_flight import SingleFlight
-from media.store import NotFound, Store, StoreError, Unavailable, VideoRecord
+from media.store import NotFound, Store, StoreError, Unavailable, UpstreamManifests, VideoRecord
 from peers.announce import Announcer
 from peers.catalog import UpstreamCatalog
 from peers.eviction import HeldPieces
 from peers.fetcher import PieceFetcher, VideoChanged
 from peers.hops import LoopDetected
 from peers.manifest import Manifest
-from peers.pieces import PieceStorage, SparseFilePieces, stored_on_disk
-from peers.pravega_pieces import PieceStreams
+from peers.pieces import PieceStorage, PieceStore
 from peers.session import VideoSession
 from peers.swarm import Swarm
 from peers.upstream import Upstream
+from ops.metrics import Metrics
 from presence.state import Presence
 from settings import Settings
 
@@ -67,20 +67,13 @@ SOURCES = ("local", "peers", "origin")
 class PeerNodeStore(Store):
     name = "peer"
 
-    def __init__(self, config: Settings) -> None:
+    def __init__(self, config: Settings, pieces: PieceStore) -> None:
         super().__init__()
         self.upstream = Upstream(config.peer.upstream)
+        self.node_id = self.upstream.node_id
         self.public_url = config.peer.public_url.rstrip("/") if config.peer.public_url else None
         self.catalog = UpstreamCatalog(self.upstream, config.storage.scan_interval, self._catalog_changed)
-        self._piece_streams: PieceStreams | None = None
-        self._new_storage: Callable[[str], PieceStorage]
-        self._pieces_folder: str | None = None
-        if config.storage.backend == "pravega":
-            self._piece_streams = PieceStreams(config.pravega)
-            self._new_storage = lambda video_id: self._piece_streams.storage(video_id, on_stored=self._check_soon)
-        else:
-            folder = self._pieces_folder = os.path.join(config.storage.library, ".pieces")
-            self._new_storage = lambda video_id: SparseFilePieces(folder, video_id)
+        self._piece_store = pieces
         # Bytes of pieces held by video, and when each was last read: what to evict (see peers.eviction).
         self.held = HeldPieces(config.peer.max_held_bytes, config.peer.evict_idle_seconds)
         self.evictions = 0
@@ -101,48 +94,41 @@ class PeerNodeStore(Store):
         self._announcer: Announcer | None = None
 
     async def start(self) -> None:
-        if self._piece_streams:
-            self._piece_streams.start()
-            # Pravega may be slow or away: serving starts without waiting for the count.
-            self._counting = asyncio.ensure_future(self._count_stored_streams())
+        self._piece_store.start()
+        if self._piece_store.count_before_serving:
+            await self._count_left_behind()
         else:
-            self._count_stored_files(await asyncio.get_running_loop().run_in_executor(
-                None, stored_on_disk, self._pieces_folder))
+            self._counting = asyncio.ensure_future(self._count_left_behind())
         await self.catalog.refresh()
         self._follow_task = asyncio.ensure_future(self.catalog.follow())
 
-    def _count_stored_files(self, found: dict[str, tuple[int, float | None]]) -> None:
-        """Counts the pieces earlier runs left on disk, each video last read when its record was last touched."""
+    async def _count_left_behind(self) -> None:
+        """Counts the pieces earlier runs left, each video last read when its storage says, if it knows."""
+        try:
+            found = await self._piece_store.left_by_earlier_runs()
+        except StoreError as e:
+            log.warning("cannot count the pieces earlier runs kept; they are not evicted: %s", e)
+            return
         monotonic_offset = time.time() - time.monotonic()
         for video_id, (nbytes, last_read) in found.items():
-            self.held.stored(video_id, nbytes, None if last_read is None else last_read - monotonic_offset)
-        if found:
-            log.info("holding %d bytes of pieces of %d videos from earlier runs", self.held.total, len(found))
-        self._check_soon()
-
-    async def _count_stored_streams(self) -> None:
-        try:
-            found = await self._piece_streams.stored()
-        except StoreError as e:
-            log.warning("cannot count the pieces earlier runs kept in Pravega; they are not evicted: %s", e)
-            return
-        for video_id, nbytes in found.items():
             storage = self._storages.get(video_id)
             if storage is None or storage.manifest is None:  # an open one counts itself
-                self.held.stored(video_id, nbytes)
+                self.held.stored(video_id, nbytes, None if last_read is None else last_read - monotonic_offset)
         if found:
-            log.info("holding %d bytes of pieces of %d videos in Pravega from earlier runs", sum(found.values()),
+            log.info("holding %d bytes of pieces of %d videos from earlier runs", sum(n for n, _ in found.values()),
                      len(found))
         self._check_soon()
 
-    def announce(self, presence: Presence) -> None:
-        """Mirrors ``presence`` (this node's clients) onto the upstream's, see :mod:`peers.announce`.
+    def join(self, presence: Presence, metrics: Metrics) -> None:
+        """Mirrors ``presence`` (this node's clients) onto the upstream's (see :mod:`peers.announce`), and counts.
 
         The videos watched there are also never evicted.
         """
         self._presence = presence
         self._announcer = Announcer(presence, self.upstream.presence_url(), self.public_url)
         self._announcer.start()
+        self.on_bad_piece = metrics.piece_failed
+        metrics.count_sources(self.sources)
 
     async def close(self) -> None:
         for handle in (self._check_handle, self._recheck_handle, self._counting):
@@ -156,8 +142,7 @@ class PeerNodeStore(Store):
             session.close()
         for storage in self._storages.values():
             storage.close()
-        if self._piece_streams:
-            self._piece_streams.close()
+        self._piece_store.close()
 
     def videos(self) -> dict[str, VideoRecord]:
         return self.catalog.videos
@@ -175,16 +160,13 @@ class PeerNodeStore(Store):
             raise
 
     def pieces(self, video_id: str) -> PieceStorage:
-        """The node's pieces of the video (of whichever version it last fetched)."""
         storage = self._storages.get(video_id)
         if storage is None:
-            storage = self._storages[video_id] = self._new_storage(video_id)
+            storage = self._storages[video_id] = self._piece_store.storage(video_id, self._check_soon)
         return storage
 
     async def piece_for_peer(self, video_id: str, n: int, root: str | None) -> bytes | None:
-        """Piece ``n``, as stored, for another node, if held of the manifest ``root`` names; else None.
-
-        Serving other nodes is using the video: one that only peers still
+        """Serving other nodes is using the video: one that only peers still
         fetch is not evicted from under them as if nobody wanted it.
         """
         storage = self.pieces(video_id)
@@ -195,6 +177,12 @@ class PeerNodeStore(Store):
 
     def source_counts(self, video_id: str) -> dict[str, int]:
         return self.sources.setdefault(video_id, dict.fromkeys(SOURCES, 0))
+
+    def upstream_manifests(self) -> _SessionManifests:
+        return _SessionManifests(self)
+
+    async def upstream_peers(self, video_id: str) -> list[dict]:
+        return await self.upstream.peers(video_id)
 
     async def manifest(self, video: VideoRecord) -> Manifest:
         return (await self.session(video)).manifest
@@ -291,7 +279,7 @@ class PeerNodeStore(Store):
         if session is not None:
             session.close()
         # One not open (left by an earlier run) is opened only to be discarded.
-        storage = self._storages.pop(video_id, None) or self._new_storage(video_id)
+        storage = self._storages.pop(video_id, None) or self._piece_store.storage(video_id, self._check_soon)
         storage.discard()
         self.held.forget(video_id)
         self.evictions += 1
@@ -323,3 +311,13 @@ class PeerNodeStore(Store):
             "evictions": self.evictions,
             **({"error": error} if error else {}),
         }
+
+
+class _SessionManifests(UpstreamManifests):
+    """The manifests of a node's open sessions, each taken from the upstream when the session opened."""
+
+    def __init__(self, store: PeerNodeStore) -> None:
+        self.store = store
+
+    async def get(self, video: VideoRecord) -> Manifest:
+        return await self.store.manifest(video)

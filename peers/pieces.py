@@ -1,8 +1,9 @@
 """A node's own copy of a video: the verified pieces it holds.
 
-:class:`PieceStorage` is what a node's store needs from its backend. A
-storage holds pieces of one version of one video, named by a manifest;
-adopting another manifest (the video changed upstream) drops what it held.
+:class:`PieceStore` is what a node's store needs from its backend: one
+:class:`PieceStorage` per video, and what earlier runs left. A storage
+holds pieces of one version of one video, named by a manifest; adopting
+another manifest (the video changed upstream) drops what it held.
 
 :class:`SparseFilePieces`, for the filesystem backend, keeps every piece at
 its offset in a sparse file, so any piece received can be kept and any
@@ -25,7 +26,7 @@ A node holds at most ``peer.max_held_bytes`` of pieces (see
 :mod:`peers.eviction`): :meth:`PieceStorage.held_bytes` is what a storage
 counts toward it and :meth:`PieceStorage.discard` removes a video's pieces
 for good. What an earlier run left in ``.pieces/`` is found by
-:func:`stored_on_disk`, and ``ID.have.json``'s modification time says when
+:func:`stored_on_disk` (:class:`PieceFolder`), and ``ID.have.json``'s modification time says when
 the video was last read (:meth:`SparseFilePieces.touch`), so the least
 recently read go first after a restart too.
 """
@@ -38,7 +39,7 @@ import hashlib
 import logging
 import os
 import time
-from typing import Collection, Iterator
+from typing import Callable, Collection, Iterator
 
 import ujson
 
@@ -124,6 +125,41 @@ def pieces_bytes(manifest: Manifest, held: Collection[int]) -> int:
 
 def _sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
+
+
+class PieceStore(abc.ABC):
+    """Where a node keeps the pieces of every video: one :class:`PieceStorage` each."""
+
+    #: Whether the node counts what earlier runs left before it serves; where counting
+    #: waits on a service that may be slow or away, serving starts without it.
+    count_before_serving = True
+
+    def start(self) -> None:
+        """Starts what the storages share (worker processes, say)."""
+
+    def close(self) -> None:
+        """Stops what :meth:`start` started."""
+
+    @abc.abstractmethod
+    def storage(self, video_id: str, on_stored: Callable[[], None]) -> PieceStorage:
+        """The storage of the video's pieces; ``on_stored`` is told when a piece lands later than its put()."""
+
+    @abc.abstractmethod
+    async def left_by_earlier_runs(self) -> dict[str, tuple[int, float | None]]:
+        """Video id -> (bytes of pieces held, when last read as a ``time.time()``, or None when not known)."""
+
+
+class PieceFolder(PieceStore):
+    """Pieces in sparse files in ``folder``, for the filesystem backend."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def storage(self, video_id: str, on_stored: Callable[[], None]) -> PieceStorage:
+        return SparseFilePieces(self.folder, video_id)  # a put() has landed when it returns
+
+    async def left_by_earlier_runs(self) -> dict[str, tuple[int, float | None]]:
+        return await asyncio.get_running_loop().run_in_executor(None, stored_on_disk, self.folder)
 
 
 class SparseFilePieces(PieceStorage):

@@ -58,7 +58,7 @@ from media.pravega_catalog import id_for_stream_names
 from media.pravega_pool import EventAppender, ReaderPool
 from media.store import StoreError
 from peers.manifest import Manifest
-from peers.pieces import PieceStorage
+from peers.pieces import PieceStorage, PieceStore
 from peers.session import READ_AHEAD
 from settings import PravegaSettings
 
@@ -83,8 +83,10 @@ def stream_prefix(video_id: str) -> str:
     return f"{STREAMS_PREFIX}{id_for_stream_names(video_id)}-"
 
 
-class PieceStreams:
+class PieceStreams(PieceStore):
     """The node's Pravega for its pieces: worker processes shared by the pieces of every video."""
+
+    count_before_serving = False  # Pravega may be slow or away
 
     def __init__(self, settings: PravegaSettings) -> None:
         self.readers = ReaderPool(settings)
@@ -100,6 +102,10 @@ class PieceStreams:
 
     def storage(self, video_id: str, on_stored: Callable[[], None] = lambda: None) -> PravegaPrefixPieces:
         return PravegaPrefixPieces(self, video_id, on_stored)
+
+    async def left_by_earlier_runs(self) -> dict[str, tuple[int, float | None]]:
+        # Pravega records no time of last use.
+        return {video_id: (nbytes, None) for video_id, nbytes in (await self.stored()).items()}
 
     async def stored(self) -> dict[str, int]:
         """What earlier runs kept: video id -> bytes of pieces in its streams.

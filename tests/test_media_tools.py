@@ -14,6 +14,7 @@ import av
 import pytest
 import ujson
 
+import backends
 from media import ingest
 from media.filesystem_ingest import write_into_folder
 from media.ingest import caption_language, default_video_id, new_video
@@ -358,7 +359,7 @@ def test_ingest_command_reports_a_failing_store_in_one_line(tmp_path, media, mon
         raise OSError(28, "No space left on device")
 
     _, config = _library(tmp_path)
-    monkeypatch.setattr(ingest, "ingest_into_library", disk_full)
+    monkeypatch.setattr(backends, "ingest_into_library", disk_full)
     assert ingest.main([media["mp4"], "--config", config]) == 1
     library = tmp_path / "library"
     assert capsys.readouterr().err == f"binge-ingest: error: cannot write {library}: No space left on device\n"

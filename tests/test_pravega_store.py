@@ -103,7 +103,7 @@ def test_ingested_video_reads_back_byte_for_byte(settings, big_file):
             source, version = await store.caption_source(video, "en")
             assert source == item.captions["en"][0]
             # The version names the stream, so it changes with every ingest.
-            assert version.startswith(video.metadata["stream"] + ".")
+            assert version.startswith(video.locator + ".")
             assert (await store.caption_source(video, "pt-BR"))[0] == item.captions["pt-BR"][0]
             assert await store.poster(video) == item.poster
             with pytest.raises(NotFound):
@@ -126,7 +126,7 @@ def test_ingest_again_is_a_no_op_and_a_change_replaces(settings, big_file):
     names = stream_manager(settings.pravega.controller_uri).list_stream(settings.pravega.scope)
     ours = {n for n in names if n.startswith(stream_prefix(item.id))}
     # The latest version and the one before it, whose readers may still be busy.
-    assert ours == {third.metadata["stream"], second.metadata["stream"]}
+    assert ours == {third.locator, second.locator}
 
     async def check():
         async with running(settings) as store:
