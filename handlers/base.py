@@ -1,7 +1,8 @@
-"""What every Binge+ HTTP handler shares: JSON answers, JSON errors and CORS."""
+"""What every Binge+ HTTP handler shares: JSON answers, JSON errors, CORS, HEAD and Allow."""
 
 from __future__ import annotations
 
+import time
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -9,6 +10,7 @@ import tornado.web
 import ujson
 from tornado.httputil import HTTPServerRequest
 
+from media.ranges import http_date
 from media.store import StoreError
 from ops import access_log
 from ops.limits import Refused
@@ -38,6 +40,23 @@ def client_ip(request: HTTPServerRequest, trusted_proxies: tuple[str, ...]) -> s
     return address
 
 
+def allowed_methods(handler_class: type[tornado.web.RequestHandler]) -> str:
+    """The methods a resource answers, for ``Allow``: those its handler implements, and HEAD exactly where GET."""
+    implemented = [
+        method for method in handler_class.SUPPORTED_METHODS
+        if getattr(handler_class, method.lower()) is not getattr(tornado.web.RequestHandler, method.lower())
+    ]
+    has_get = "GET" in implemented
+    return ", ".join(m for m in implemented if m != "HEAD" or has_get)
+
+
+def stamp_date(handler: tornado.web.RequestHandler) -> float:
+    """Sets the response's ``Date`` and returns it, so that the Last-Modified sent can be kept from passing it."""
+    now = time.time()
+    handler.set_header("Date", http_date(now))
+    return now
+
+
 class ApiError(tornado.web.HTTPError):
     """An error whose ``message`` is safe and useful to show the client."""
 
@@ -60,6 +79,13 @@ class BaseHandler(tornado.web.RequestHandler):
     (:mod:`peers.hops`): one that came back round a loop of upstreams, or
     passed through too many nodes, is answered 508 Loop Detected with a
     message naming the loop; a malformed one, 400.
+
+    Every resource with a GET answers HEAD with the GET's status and headers
+    and no body (RFC 9110 §9.3.2), and OPTIONS as a CORS preflight; a 405
+    lists in ``Allow`` the methods the resource has (§15.5.6). A 200 that a
+    handler gives no ``ETag`` of its own gets Tornado's, a hash of its body,
+    and an ``If-None-Match`` naming it is answered 304: that is how the
+    live JSON (``no-cache``) revalidates cheaply.
     """
 
     application: "BingeApp"
@@ -67,12 +93,15 @@ class BaseHandler(tornado.web.RequestHandler):
     body_bytes: int | None = None
     # The message of the error answered, for the access line.
     error_message: str | None = None
+    # The response's Date, as a timestamp: no Last-Modified may pass it.
+    date: float
 
     @cached_property
     def request_id(self) -> str:
         return access_log.new_request_id()
 
     def set_default_headers(self) -> None:
+        self.date = stamp_date(self)
         self.set_header("Access-Control-Allow-Origin", self.application.config.server.cors_origin)
         self.set_header("Access-Control-Expose-Headers", EXPOSED_HEADERS)
         self.set_header("Server", "Binge+")
@@ -82,9 +111,17 @@ class BaseHandler(tornado.web.RequestHandler):
         app = self.application
         hops.admit(self.request.headers.get(hops.HEADER), app.node_id, app.config.peer.public_url)
 
+    async def head(self, *args: str, **kwargs: str) -> None:
+        """The GET's answer, whose body Tornado drops for a HEAD; a 405 where there is no GET."""
+        answered = self.get(*args, **kwargs)
+        if answered is not None:
+            await answered
+
     def options(self, *args: str, **kwargs: str) -> None:
-        """A CORS preflight: any of our methods, with the headers a player sends."""
-        self.set_header("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS")
+        """A CORS preflight: the resource's methods, with the headers a player sends."""
+        methods = allowed_methods(type(self))
+        self.set_header("Allow", methods)
+        self.set_header("Access-Control-Allow-Methods", methods)
         self.set_header("Access-Control-Allow-Headers", "Range, If-Range, If-None-Match, If-Modified-Since, Content-Type")
         self.set_header("Access-Control-Max-Age", "86400")
         self.set_status(204)
@@ -113,16 +150,23 @@ class BaseHandler(tornado.web.RequestHandler):
             message = exc.log_message % exc.args if exc.log_message else self._reason
         else:
             message = "internal server error" if status_code >= 500 else self._reason
-        self.set_status(status_code)
+        self.set_error_headers(status_code, exc)
         self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.set_header("Cache-Control", "no-store")
-        if isinstance(exc, Refused):
-            self.set_header("Retry-After", exc.retry_after)
         self.error_message = message
         if self.request.method == "HEAD":
             self.finish()
         else:
             self.finish(ujson.dumps({"error": message, "status": status_code}))
+
+    def set_error_headers(self, status_code: int, exc: BaseException | None) -> None:
+        """The status and headers of any error answer, JSON or page: never stored, ``Allow`` on a 405,
+        ``Retry-After`` on a refusal."""
+        self.set_status(status_code)
+        self.set_header("Cache-Control", "no-store")
+        if status_code == 405:
+            self.set_header("Allow", allowed_methods(type(self)))
+        if isinstance(exc, Refused):
+            self.set_header("Retry-After", exc.retry_after)
 
     def log_exception(self, typ, value, tb) -> None:
         if isinstance(value, (ApiError, StoreError, Refused)):

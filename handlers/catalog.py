@@ -5,11 +5,14 @@ from __future__ import annotations
 from captions.convert import CaptionError
 from handlers.base import ApiError, BaseHandler
 from media.catalog import sorted_videos, video_json
-from media.ranges import http_date
 from media.store import VideoRecord, check_video_id
 
 
 class CatalogHandler(BaseHandler):
+    """The catalog's JSON: ``no-cache``, since video objects carry live viewer
+    counts, with an ETag over the JSON (see BaseHandler) so that asking again
+    costs a 304 when nothing changed."""
+
     def video(self, video_id: str) -> VideoRecord:
         return self.application.store.get(check_video_id(video_id))
 
@@ -28,6 +31,7 @@ class VideoListHandler(CatalogHandler):
 
     async def get(self) -> None:
         catalog = await self.application.store.servable()
+        self.set_header("Cache-Control", "no-cache")
         self.write_json([self.video_json(v) for v in sorted_videos(catalog.values())])
 
 
@@ -35,6 +39,7 @@ class VideoHandler(CatalogHandler):
     """``GET /videos/{id}`` (and the old ``/videos/{id}/data``): one video object, 404 if unknown."""
 
     def get(self, video_id: str) -> None:
+        self.set_header("Cache-Control", "no-cache")
         self.write_json(self.video_json(self.video(video_id)))
 
 
@@ -42,6 +47,7 @@ class CaptionListHandler(CatalogHandler):
     """``GET /videos/{id}/captions``: the video's caption tracks."""
 
     def get(self, video_id: str) -> None:
+        self.set_header("Cache-Control", "no-cache")
         self.write_json(self.video_json(self.video(video_id))["captions"])
 
 
@@ -72,7 +78,12 @@ class CaptionHandler(CatalogHandler):
 
 
 class PosterHandler(CatalogHandler):
-    """``GET /videos/{id}/poster``: the poster JPEG, or a redirect to the metadata's poster URL."""
+    """``GET /videos/{id}/poster``: the poster JPEG, or a redirect to the metadata's poster URL.
+
+    Kept for five minutes, then revalidated by its ETag (a hash of the
+    image). It has no Last-Modified: the store knows when the video
+    changed, not when its poster did.
+    """
 
     async def get(self, video_id: str) -> None:
         video = self.video(video_id)
@@ -83,6 +94,5 @@ class PosterHandler(CatalogHandler):
             raise ApiError(404, f"video {video.id!r} has no poster")
         image = await self.application.store.poster(video)
         self.set_header("Content-Type", "image/jpeg")
-        self.set_header("Last-Modified", http_date(video.last_modified))
-        self.set_header("Cache-Control", "public, max-age=300")
+        self.set_header("Cache-Control", "max-age=300")
         self.finish(image)

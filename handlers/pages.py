@@ -9,14 +9,18 @@ hash in the URL, so a versioned URL can be cached for good.
 
 from __future__ import annotations
 
+import datetime
 import os
 import secrets
 import zlib
+from typing import Awaitable
 
 import tornado.web
 
+from handlers.base import allowed_methods, stamp_date
 from handlers.catalog import CatalogHandler
 from media.catalog import sorted_videos
+from media.ranges import sent_last_modified
 from media.store import StoreError
 
 STATIC_PATH = os.path.join(os.path.dirname(__file__), "static")
@@ -70,7 +74,30 @@ TEMPLATE_HELPERS = {f.__name__: f for f in (clock, size_text, viewers_text, hue,
 
 
 class StaticFiles(tornado.web.StaticFileHandler):
-    """Static assets: cached for a year when the URL carries ``?v=``, revalidated on every use otherwise."""
+    """Static assets: cached for a year when the URL carries ``?v=``, revalidated on every use otherwise.
+
+    As the API's resources: Last-Modified never past the Date, Range on GET
+    only, ``Allow`` on a 405.
+    """
+
+    def set_default_headers(self) -> None:
+        self.date = stamp_date(self)
+
+    def get_modified_time(self) -> datetime.datetime | None:
+        modified = super().get_modified_time()
+        if modified is None:
+            return None
+        return datetime.datetime.fromtimestamp(sent_last_modified(modified.timestamp(), self.date), datetime.UTC)
+
+    def head(self, path: str) -> Awaitable[None]:
+        # RFC 9110 §14.2: only GET defines Range; a HEAD describes the whole file.
+        self.request.headers.pop("Range", None)
+        return super().head(path)
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        if status_code == 405:
+            self.set_header("Allow", allowed_methods(type(self)))
+        super().write_error(status_code, **kwargs)
 
     def set_extra_headers(self, path: str) -> None:
         self.set_header("Cache-Control", IMMUTABLE if "v" in self.request.arguments else "no-cache")
@@ -136,8 +163,7 @@ class PageHandler(CatalogHandler):
         title, message = ERROR_TEXT.get(status_code, (self._reason, "That request didn't work."))
         if isinstance(exc, PageError):
             message = exc.message
-        self.set_status(status_code)
-        self.set_header("Cache-Control", "no-store")
+        self.set_error_headers(status_code, exc)
         self.render("error.html", status=status_code, title=title, message=message)
 
     def catalog(self) -> list[dict]:

@@ -78,7 +78,7 @@ class HaveHandler(PeerHandler):
 
 
 class PieceHandler(PeerHandler):
-    """``GET|HEAD /videos/{id}/pieces/{n}?root=HEX``: one held piece, with Range inside it.
+    """``GET|HEAD /videos/{id}/pieces/{n}?root=HEX``: one held piece, with Range inside it on a GET.
 
     404 unless this node holds piece ``n`` of the manifest ``root`` names.
     The bytes are sent as stored: the receiver verifies them.
@@ -96,8 +96,10 @@ class PieceHandler(PeerHandler):
             raise ApiError(404, f"this node does not hold piece {n} of that manifest of {video_id!r}")
         self.set_header("Accept-Ranges", "bytes")
         self.set_header("Cache-Control", "no-store")
+        # Only GET defines Range (RFC 9110 §14.2): a HEAD describes the whole piece.
+        range_header = self.request.headers.get("Range") if include_body else None
         try:
-            selected = parse_range(self.request.headers.get("Range"), len(data))
+            selected = parse_range(range_header, len(data))
         except Unsatisfiable:
             self.refuse_range(len(data), f"piece {n}")
             return

@@ -26,9 +26,11 @@ class StreamHandler(BaseHandler):
     Follows RFC 9110: ``Accept-Ranges: bytes``; one range per request
     (``a-b``, ``a-``, ``-n``) answered with 206 and ``Content-Range``; an
     unsatisfiable range with 416 and ``Content-Range: bytes */SIZE``; a strong
-    ``ETag`` and ``Last-Modified`` with ``If-None-Match``/``If-Modified-Since``
-    (304), ``If-Match``/``If-Unmodified-Since`` (412) and ``If-Range``. HEAD
-    answers the same headers without a body.
+    ``ETag`` and ``Last-Modified`` (never past the Date) with
+    ``If-None-Match``/``If-Modified-Since`` (304), ``If-Match``/
+    ``If-Unmodified-Since`` (412) and ``If-Range``. HEAD answers a GET's
+    headers without a body, and as a GET of the whole video: only GET
+    defines Range.
 
     From a store that keeps the video in a local file the body goes out with
     sendfile(2). Otherwise it goes out in chunks of at most
@@ -47,10 +49,11 @@ class StreamHandler(BaseHandler):
 
     async def _serve(self, video_id: str, include_body: bool) -> None:
         video = self.application.store.get(check_video_id(video_id))
-        plan = plan_response(self.request.headers, video.size, video.etag, video.last_modified)
+        plan = plan_response(self.request.headers, self.request.method, video.size, video.etag, video.last_modified,
+                             self.date)
         self.set_header("Accept-Ranges", "bytes")
         self.set_header("ETag", video.etag)
-        self.set_header("Last-Modified", http_date(video.last_modified))
+        self.set_header("Last-Modified", http_date(plan.last_modified))
         self.set_header("Cache-Control", "no-cache")
         if plan.status == 304:
             self.set_status(304)

@@ -1,9 +1,10 @@
 """Byte ranges and conditional requests for one representation, as RFC 9110 says.
 
-This is the decision half of serving a video: given the request headers and
-the representation's size and validators, :func:`plan_response` says which
-status to answer with and which bytes to send. It knows nothing of HTTP
-servers or stores, so it is tested exhaustively on its own.
+This is the decision half of serving a video: given the request's method and
+headers, the representation's size and validators, and the response's
+``Date``, :func:`plan_response` says which status to answer with, which
+bytes to send and which ``Last-Modified`` to send. It knows nothing of HTTP
+servers, stores or clocks, so it is tested exhaustively on its own.
 """
 
 from __future__ import annotations
@@ -83,6 +84,16 @@ def http_date(timestamp: float) -> str:
     return email.utils.formatdate(timestamp, usegmt=True)
 
 
+def sent_last_modified(modified: float, date: float) -> int:
+    """The ``Last-Modified`` to send, in whole seconds, for a representation modified at ``modified``.
+
+    RFC 9110 §8.8.2.1: an origin server must not send a Last-Modified later
+    than its response's ``Date`` (a file whose clock or copy put its time in
+    the future), and sends the ``Date`` instead.
+    """
+    return min(int(modified), int(date))
+
+
 _MONTH = r"(?P<month>Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
 _TIME = r"(?P<hour>[0-9]{2}):(?P<minute>[0-9]{2}):(?P<second>[0-9]{2})"
 _HTTP_DATES = (
@@ -133,60 +144,75 @@ def _weak_match(a: str, b: str) -> bool:
 
 @dataclass(frozen=True)
 class ResponsePlan:
-    """What to answer: ``status``, and the bytes to send (None for no body)."""
+    """What to answer: ``status``, the bytes to send (None for no body) and the ``Last-Modified`` to send."""
 
     status: int
+    last_modified: int
     byte_range: ByteRange | None = None
 
 
-def plan_response(headers: Mapping[str, str], size: int, etag: str, last_modified: float) -> ResponsePlan:
+def plan_response(headers: Mapping[str, str], method: str, size: int, etag: str, modified: float,
+                  date: float) -> ResponsePlan:
     """Evaluates preconditions then Range for a GET or HEAD, in RFC 9110 §13.2.2's order.
 
-    ``etag`` is the representation's strong entity tag, quoted. The plan's
+    ``etag`` is the representation's strong entity tag, quoted; ``modified``
+    the time it last changed, which may lie past the response's ``date``:
+    the Last-Modified sent is :func:`sent_last_modified`, and the date
+    preconditions compare against that, so that they agree with what the
+    client was told. Only GET defines Range (§14.2): a HEAD describes the
+    whole representation, whatever its Range says. The plan's
     ``byte_range`` is the whole representation for a 200 and the selected
     part for a 206; it is None for 304, 412 and 416.
     """
+    last_modified = sent_last_modified(modified, date)
     if_match = headers.get("If-Match")
     if if_match is not None:
         tags = _etag_list(if_match)
         # If-Match uses the strong comparison: a weak tag never matches.
         if "*" not in tags and etag not in tags:
-            return ResponsePlan(412)
+            return ResponsePlan(412, last_modified)
     else:
         since = _parse_http_date(headers.get("If-Unmodified-Since", ""))
-        if since is not None and int(last_modified) > since:
-            return ResponsePlan(412)
+        if since is not None and last_modified > since:
+            return ResponsePlan(412, last_modified)
 
     if_none_match = headers.get("If-None-Match")
     if if_none_match is not None:
         tags = _etag_list(if_none_match)
         if "*" in tags or any(_weak_match(tag, etag) for tag in tags):
-            return ResponsePlan(304)
+            return ResponsePlan(304, last_modified)
     else:
         since = _parse_http_date(headers.get("If-Modified-Since", ""))
-        if since is not None and int(last_modified) <= since:
-            return ResponsePlan(304)
+        if since is not None and last_modified <= since:
+            return ResponsePlan(304, last_modified)
 
-    whole = ByteRange(0, size)
+    whole = ResponsePlan(200, last_modified, ByteRange(0, size))
     range_header = headers.get("Range")
-    if range_header is None or not _if_range_holds(headers.get("If-Range"), etag, last_modified):
-        return ResponsePlan(200, whole)
+    if method != "GET" or range_header is None:
+        return whole
+    if not _if_range_holds(headers.get("If-Range"), etag, last_modified, date):
+        return whole
     try:
         selected = parse_range(range_header, size)
     except Unsatisfiable:
-        return ResponsePlan(416)
+        return ResponsePlan(416, last_modified)
     if selected is None:
-        return ResponsePlan(200, whole)
-    return ResponsePlan(206, selected)
+        return whole
+    return ResponsePlan(206, last_modified, selected)
 
 
-def _if_range_holds(if_range: str | None, etag: str, last_modified: float) -> bool:
-    """True when there is no If-Range, or its validator still matches (strongly)."""
+def _if_range_holds(if_range: str | None, etag: str, last_modified: int, date: float) -> bool:
+    """True when there is no If-Range, or its validator still matches (strongly).
+
+    A date is a strong validator only if it matches exactly (§13.1.5) and
+    lies at least a second before the response's Date (§8.8.2.2): within
+    its second the representation may have changed again unseen, and a
+    Last-Modified held back to the Date says nothing of when it changed.
+    """
     if if_range is None:
         return True
     if_range = if_range.strip()
     if if_range.startswith(('"', "W/")):
         return if_range == etag
-    date = _parse_http_date(if_range)
-    # A date is a strong validator only if it matches exactly (§13.1.5).
-    return date is not None and date == int(last_modified)
+    since = _parse_http_date(if_range)
+    return since is not None and since == last_modified and last_modified < int(date)

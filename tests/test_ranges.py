@@ -13,6 +13,8 @@ from media.ranges import ByteRange, Unsatisfiable, http_date, parse_range, plan_
 
 ETAG = '"abc-1"'
 MTIME = 1_700_000_000.0
+# The responses' Date: an hour after MTIME, unless a test says otherwise.
+DATE = MTIME + 3600
 
 
 @pytest.mark.parametrize(
@@ -84,8 +86,8 @@ def test_any_header_gives_a_range_inside_or_nothing(header):
     assert selected is None or 0 <= selected.start < selected.end <= 500
 
 
-def plan(**headers):
-    return plan_response({k.replace("_", "-"): v for k, v in headers.items()}, 1000, ETAG, MTIME)
+def plan(method="GET", modified=MTIME, date=DATE, **headers):
+    return plan_response({k.replace("_", "-"): v for k, v in headers.items()}, method, 1000, ETAG, modified, date)
 
 
 def test_plain_get_is_whole_body():
@@ -128,6 +130,36 @@ def test_range_and_if_range():
     assert plan(Range="bytes=5000-").status == 416
     assert plan(Range="bytes=5000-", If_Range='"stale"').status == 200
     assert plan(Range="bytes=0-1,4-5").status == 200
+
+
+def test_head_ignores_range():
+    """RFC 9110 §14.2: only GET defines Range; a HEAD gets the whole representation's 200, or 416 never."""
+    head = plan("HEAD", Range="bytes=10-19")
+    assert (head.status, head.byte_range) == (200, ByteRange(0, 1000))
+    assert plan("HEAD", Range="bytes=5000-").status == 200
+    assert plan("HEAD", Range="bytes=10-19", If_Range=ETAG).status == 200
+    assert plan("HEAD", If_None_Match=ETAG).status == 304  # preconditions still apply
+    assert plan("HEAD", If_Match='"other"').status == 412
+
+
+def test_a_future_modification_time_is_sent_as_the_date():
+    """RFC 9110 §8.8.2.1: Last-Modified never passes the Date; the date preconditions go by what was sent."""
+    future = DATE + 86400
+    assert plan(modified=future).last_modified == int(DATE)
+    assert plan().last_modified == int(MTIME)
+    assert plan(modified=future, If_Modified_Since=http_date(DATE)).status == 304
+    assert plan(modified=future, If_Modified_Since=http_date(DATE - 1)).status == 200
+    assert plan(modified=future, If_Unmodified_Since=http_date(DATE)).status == 200
+    assert plan(modified=future, If_Unmodified_Since=http_date(DATE - 1)).status == 412
+    # A Last-Modified held back to the Date is a weak validator: If-Range by that date sends everything.
+    assert plan(modified=future, Range="bytes=0-9", If_Range=http_date(DATE)).status == 200
+    assert plan(modified=future, Range="bytes=0-9", If_Range=ETAG).status == 206
+
+
+def test_a_date_of_the_response_second_is_weak_for_if_range():
+    """RFC 9110 §8.8.2.2: a date within the Date's own second may hide a second change, so If-Range by it fails."""
+    assert plan(date=MTIME + 0.5, Range="bytes=0-9", If_Range=http_date(MTIME)).status == 200
+    assert plan(date=MTIME + 1, Range="bytes=0-9", If_Range=http_date(MTIME)).status == 206
 
 
 # ---------------------------------------------------------------- RFC 9110 §13.2.2 as an oracle
@@ -267,6 +299,7 @@ class Representation:
     size: int
     opaque: str
     last_modified: float
+    date: float  # the response's
 
     @property
     def etag(self) -> str:
@@ -274,22 +307,41 @@ class Representation:
 
     @property
     def modified_second(self) -> int:
-        """Last-Modified as sent: whole seconds."""
-        return math.floor(self.last_modified)
+        """Last-Modified as sent: whole seconds, and never past the Date (§8.8.2.1)."""
+        return min(math.floor(self.last_modified), math.floor(self.date))
+
+    @property
+    def modified_second_is_strong(self) -> bool:
+        """Whether Last-Modified is a strong validator: a second or more before the Date (§8.8.2.2)."""
+        return self.modified_second < math.floor(self.date)
 
 
-REPRESENTATIONS = st.builds(
-    Representation,
-    size=st.one_of(st.integers(0, 2000), st.integers(0, 10**12)),
-    opaque=st.text("0123456789abcdef-", min_size=1, max_size=20),
-    last_modified=st.one_of(st.integers(0, 2**33).map(float), st.floats(0, 2**33, allow_nan=False)),
-)
+MODIFIED_TIMES = st.one_of(st.integers(0, 2**33).map(float), st.floats(0, 2**33, allow_nan=False))
 
 
 @st.composite
-def requests(draw) -> tuple[Representation, dict[str, Field]]:
-    """A representation and the fields of a GET for it; preconditions are rare enough that many get past them all."""
-    rep = draw(REPRESENTATIONS)
+def representations(draw) -> Representation:
+    """A representation and its response's Date: mostly well after its change, at times in the
+    same second or before it (a modification time in the future)."""
+    last_modified = draw(MODIFIED_TIMES)
+    date = draw(st.one_of(
+        st.floats(1, 10**6).map(lambda after: last_modified + after),
+        st.floats(-2, 2).map(lambda near: max(0.0, last_modified + near)),
+        MODIFIED_TIMES,
+    ))
+    return Representation(
+        size=draw(st.one_of(st.integers(0, 2000), st.integers(0, 10**12))),
+        opaque=draw(st.text("0123456789abcdef-", min_size=1, max_size=20)),
+        last_modified=last_modified,
+        date=date,
+    )
+
+
+@st.composite
+def requests(draw) -> tuple[str, Representation, dict[str, Field]]:
+    """A method, a representation and the fields of a request for it; preconditions are rare enough that many get past them all."""
+    method = draw(st.sampled_from(["GET", "GET", "GET", "HEAD"]))
+    rep = draw(representations())
     near = rep.modified_second
     if_range = st.one_of(http_dates(near), entity_tags(rep.opaque).map(lambda t: Field(*t)), GARBAGE.map(Field))
     # Each field with its chance of being sent, in sixths.
@@ -301,7 +353,7 @@ def requests(draw) -> tuple[Representation, dict[str, Field]]:
         "If-Range": (if_range, 2),
         "Range": (range_fields(rep.size), 5),
     }
-    return rep, {
+    return method, rep, {
         name: draw(strategy) for name, (strategy, sixths) in strategies.items() if draw(st.integers(1, 6)) <= sixths
     }
 
@@ -312,8 +364,8 @@ def tag_list_matches(meaning, rep: Representation, weak_comparison: bool) -> boo
     return any(opaque == rep.opaque and (weak_comparison or not weak) for weak, opaque in meaning)
 
 
-def rfc9110_plan(rep: Representation, fields: dict[str, Field]) -> tuple[int, ByteRange | None]:
-    """What RFC 9110 has a GET answer, by §13.2.2's steps, with this project's policy where it leaves a choice."""
+def rfc9110_plan(method: str, rep: Representation, fields: dict[str, Field]) -> tuple[int, ByteRange | None]:
+    """What RFC 9110 has a GET or HEAD answer, by §13.2.2's steps, with this project's policy where it leaves a choice."""
     whole = (200, ByteRange(0, rep.size))
     # Step 1: If-Match, strong comparison; else step 2: If-Unmodified-Since, when a valid date.
     if "If-Match" in fields:
@@ -329,15 +381,16 @@ def rfc9110_plan(rep: Representation, fields: dict[str, Field]) -> tuple[int, By
     elif "If-Modified-Since" in fields and fields["If-Modified-Since"].meaning is not None:
         if rep.modified_second <= fields["If-Modified-Since"].meaning:
             return 304, None
-    # Step 5: Range, unless an If-Range validator fails to match (§13.1.5: tags strongly, dates exactly).
-    if "Range" not in fields:
+    # Step 5: Range, on a GET only (§14.2), unless an If-Range validator fails to match
+    # (§13.1.5: tags strongly, dates exactly and only when strong, §8.8.2.2).
+    if method != "GET" or "Range" not in fields:
         return whole
     if "If-Range" in fields:
         validator = fields["If-Range"].meaning
         if isinstance(validator, tuple):
             holds = validator == (False, rep.opaque)
         else:
-            holds = validator is not None and validator == rep.modified_second
+            holds = validator is not None and validator == rep.modified_second and rep.modified_second_is_strong
         if not holds:
             return whole
     specs = fields["Range"].meaning
@@ -361,10 +414,12 @@ def rfc9110_plan(rep: Representation, fields: dict[str, Field]) -> tuple[int, By
 @given(requests())
 def test_plan_response_follows_rfc9110_evaluation_order(request):
     """plan_response gives the status and bytes RFC 9110 §13.2.2 prescribes, for any mix of
-    conditional headers, validators, Range values and sizes."""
-    rep, fields = request
-    planned = plan_response({name: field.text for name, field in fields.items()}, rep.size, rep.etag, rep.last_modified)
-    assert (planned.status, planned.byte_range) == rfc9110_plan(rep, fields)
+    conditional headers, validators, Range values, sizes, methods and Dates."""
+    method, rep, fields = request
+    planned = plan_response({name: field.text for name, field in fields.items()}, method, rep.size, rep.etag,
+                            rep.last_modified, rep.date)
+    assert (planned.status, planned.byte_range) == rfc9110_plan(method, rep, fields)
+    assert planned.last_modified == rep.modified_second
 
 
 @pytest.mark.parametrize("form", [imf_fixdate, rfc850_date, asctime_date])
