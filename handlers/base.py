@@ -85,7 +85,9 @@ class BaseHandler(tornado.web.RequestHandler):
     lists in ``Allow`` the methods the resource has (§15.5.6). A 200 that a
     handler gives no ``ETag`` of its own gets Tornado's, a hash of its body,
     and an ``If-None-Match`` naming it is answered 304: that is how the
-    live JSON (``no-cache``) revalidates cheaply.
+    live JSON (``no-cache``) revalidates cheaply. Handlers whose answers
+    may not be stored, or never repeat, turn that off
+    (``etag_from_body``).
     """
 
     application: "BingeApp"
@@ -95,6 +97,8 @@ class BaseHandler(tornado.web.RequestHandler):
     error_message: str | None = None
     # The response's Date, as a timestamp: no Last-Modified may pass it.
     date: float
+    # False where there is nothing to revalidate: a no-store answer, or one that never repeats.
+    etag_from_body = True
 
     @cached_property
     def request_id(self) -> str:
@@ -126,6 +130,9 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_header("Access-Control-Max-Age", "86400")
         self.set_status(204)
 
+    def compute_etag(self) -> str | None:
+        return super().compute_etag() if self.etag_from_body else None
+
     def write_json(self, obj: object, status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json; charset=utf-8")
@@ -153,10 +160,8 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_error_headers(status_code, exc)
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.error_message = message
-        if self.request.method == "HEAD":
-            self.finish()
-        else:
-            self.finish(ujson.dumps({"error": message, "status": status_code}))
+        # A HEAD gets the GET's Content-Length too: Tornado drops the body itself.
+        self.finish(ujson.dumps({"error": message, "status": status_code}))
 
     def set_error_headers(self, status_code: int, exc: BaseException | None) -> None:
         """The status and headers of any error answer, JSON or page: never stored, ``Allow`` on a 405,

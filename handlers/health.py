@@ -14,6 +14,8 @@ class HealthHandler(BaseHandler):
     the ids in a message naming a loop of upstreams can be told apart.
     """
 
+    etag_from_body = False  # no-store, and its uptime changes every time
+
     async def get(self) -> None:
         store = await self.application.store.health()
         ok = bool(store.get("ok"))

@@ -9,6 +9,8 @@ from ops.metrics import CONTENT_TYPE
 class MetricsHandler(BaseHandler):
     """The Prometheus text format, version 0.0.4."""
 
+    etag_from_body = False  # no-store, and its counters change with every request
+
     def get(self) -> None:
         self.set_header("Content-Type", CONTENT_TYPE)
         self.set_header("Cache-Control", "no-store")

@@ -26,7 +26,7 @@ from media.store import StoreError
 STATIC_PATH = os.path.join(os.path.dirname(__file__), "static")
 TEMPLATE_PATH = os.path.join(os.path.dirname(__file__), "templates")
 # A versioned static URL names one exact content: browsers may keep it for a year unasked.
-IMMUTABLE = "public, max-age=31536000, immutable"
+IMMUTABLE = "max-age=31536000, immutable"
 
 ERROR_TEXT = {
     404: ("Not found", "We couldn't find that page."),
@@ -120,11 +120,15 @@ class PageError(tornado.web.HTTPError):
 
 
 class PageHandler(CatalogHandler):
-    """An HTML page: a strict Content-Security-Policy, no caching without revalidation, HTML errors.
+    """An HTML page: a strict Content-Security-Policy, never stored, HTML errors.
 
     Each response gets a fresh nonce; only the page's import map carries it,
-    so no other inline script can run.
+    so no other inline script can run. A stored page would hand its nonce
+    out again, and no two bodies are alike, so there is nothing to
+    revalidate either: ``no-store``, no ETag.
     """
+
+    etag_from_body = False
 
     def set_default_headers(self) -> None:
         super().set_default_headers()
@@ -141,7 +145,7 @@ class PageHandler(CatalogHandler):
         )
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Referrer-Policy", "same-origin")
-        self.set_header("Cache-Control", "no-cache")
+        self.set_header("Cache-Control", "no-store")
 
     def get_template_namespace(self) -> dict:
         namespace = super().get_template_namespace()

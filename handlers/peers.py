@@ -43,6 +43,8 @@ class PeersHandler(PeerHandler):
     loop of upstreams, see :mod:`peers.hops`) is answered as such.
     """
 
+    etag_from_body = False  # no-store
+
     async def get(self, video_id: str) -> None:
         video = self.video(video_id)
         peers = [
@@ -66,6 +68,8 @@ class PeersHandler(PeerHandler):
 class HaveHandler(PeerHandler):
     """``GET /videos/{id}/have``: ``{"root", "pieceSize", "pieces": [[first, end], ...]}``, the verified pieces held."""
 
+    etag_from_body = False  # no-store
+
     def get(self, video_id: str) -> None:
         storage = self.application.store.pieces(self.video(video_id).id)
         manifest = storage.manifest
@@ -83,6 +87,8 @@ class PieceHandler(PeerHandler):
     404 unless this node holds piece ``n`` of the manifest ``root`` names.
     The bytes are sent as stored: the receiver verifies them.
     """
+
+    etag_from_body = False  # no-store
 
     async def get(self, video_id: str, index: str) -> None:
         await self._serve(video_id, int(index), include_body=True)
@@ -114,6 +120,8 @@ class PieceHandler(PeerHandler):
 
 class SourcesHandler(PeerHandler):
     """``GET /videos/{id}/sources``: ``{"local", "peers", "origin"}``, bytes served here by where they came from."""
+
+    etag_from_body = False  # no-store
 
     def get(self, video_id: str) -> None:
         counts = self.application.store.source_counts(self.video(video_id).id)

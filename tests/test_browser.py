@@ -500,12 +500,12 @@ def test_unknown_video_is_a_friendly_html_page(server):
 
 def test_pages_and_static_files_carry_cache_headers(server):
     status, headers, body = get(server + "/")
-    assert status == 200 and headers["cache-control"] == "no-cache"
+    assert status == 200 and headers["cache-control"] == "no-store"
     assert "script-src 'self' 'nonce-" in headers["content-security-policy"]
     html = body.decode()
     css = html.split('href="/static/binge.css?v=', 1)[1].split('"', 1)[0]
     status, headers, _ = get(f"{server}/static/binge.css?v={css}")
-    assert status == 200 and headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert status == 200 and headers["cache-control"] == "max-age=31536000, immutable"
     assert headers["content-type"].startswith("text/css")
     status, headers, _ = get(server + "/static/binge.css")
     assert status == 200 and headers["cache-control"] == "no-cache" and headers["etag"]
