@@ -19,13 +19,11 @@ With ``?changes=1`` on its URL, a client gets that first presence and then
 from __future__ import annotations
 
 import asyncio
-import enum
 import functools
 import ipaddress
 import secrets
 import struct
-import time
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import tornado.websocket
@@ -33,6 +31,7 @@ import ujson
 from tornado.iostream import SSLIOStream, StreamClosedError
 
 from handlers.base import BaseHandler
+from ops.limits import TokenBucket, Verdict
 from presence.broadcast import encode
 
 # Frames up to this many times presence.max_message_bytes are read and
@@ -61,36 +60,6 @@ def text_frame(payload: bytes) -> bytes:
     if size < 1 << 16:
         return struct.pack("!BBH", 0x81, 126, size) + payload
     return struct.pack("!BBQ", 0x81, 127, size) + payload
-
-
-class Verdict(enum.Enum):
-    OK = "ok"
-    LIMITED = "limited"
-    ABUSE = "abuse"
-
-
-class TokenBucket:
-    """Allows ``rate`` messages a second, in bursts of up to a second's worth (at least one).
-
-    A refused message still costs a token, so a client that keeps sending
-    while refused sinks into debt and must slow below ``rate`` to climb out;
-    once the debt is a whole burst deep, :meth:`take` answers ``ABUSE``.
-    """
-
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self._rate = rate
-        self._burst = max(1.0, rate)
-        self._tokens = self._burst
-        self._clock = clock
-        self._last = clock()
-
-    def take(self) -> Verdict:
-        now = self._clock()
-        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate) - 1
-        self._last = now
-        if self._tokens >= 0:
-            return Verdict.OK
-        return Verdict.ABUSE if self._tokens < -self._burst else Verdict.LIMITED
 
 
 def check_peer(url: Any, client_ip: str) -> str:

@@ -1,4 +1,6 @@
-"""Long-lived things a client holds open (video bodies, websockets), counted per client address.
+"""Per-client limits: what a client may hold open at once, and how fast it may send messages.
+
+Long-lived things a client holds open (video bodies, websockets) are counted per client address.
 
 A handler holds a slot for as long as it streams or keeps its socket:
 ``with slots.hold(address, close): ...``. Past ``per_address`` slots held by one
@@ -12,12 +14,18 @@ is over: it cancels each holder's task, and the cancellation, surfacing at
 whatever the holder awaits (a write, sendfile(2), the store, a socket read),
 is absorbed by its ``with`` block, which closes the connection, so the
 handler ends as it would had the client left.
+
+How fast one client may send messages (a presence websocket's) is kept by a
+:class:`TokenBucket` of its own, whose :class:`Verdict` tells the handler to
+answer, refuse, or close.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -105,3 +113,35 @@ class Slots:
             if not slot.cut:
                 slot.cut = True
                 slot.task.cancel()
+
+
+class Verdict(enum.Enum):
+    """What a client's message gets: handled, refused with an error, or its socket closed."""
+
+    OK = "ok"
+    LIMITED = "limited"
+    ABUSE = "abuse"
+
+
+class TokenBucket:
+    """Allows ``rate`` messages a second, in bursts of up to a second's worth (at least one).
+
+    A refused message still costs a token, so a client that keeps sending
+    while refused sinks into debt and must slow below ``rate`` to climb out;
+    once the debt is a whole burst deep, :meth:`take` answers ``ABUSE``.
+    """
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate = rate
+        self._burst = max(1.0, rate)
+        self._tokens = self._burst
+        self._clock = clock
+        self._last = clock()
+
+    def take(self) -> Verdict:
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate) - 1
+        self._last = now
+        if self._tokens >= 0:
+            return Verdict.OK
+        return Verdict.ABUSE if self._tokens < -self._burst else Verdict.LIMITED

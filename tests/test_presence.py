@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
-from handlers.presence import BadMessage, TokenBucket, Verdict, check_peer
+from handlers.presence import BadMessage, check_peer
+from ops.limits import TokenBucket, Verdict
 from presence.broadcast import Broadcaster
 from presence.state import Change, Presence, SocketState
 from settings import PresenceSettings
