@@ -10,6 +10,7 @@ import tornado.web
 import ujson
 from tornado.httputil import HTTPServerRequest
 
+from handlers import tornado_internals
 from media.ranges import http_date
 from media.store import StoreError
 from ops import access_log
@@ -154,9 +155,9 @@ class BaseHandler(tornado.web.RequestHandler):
             status_code = exc.status
             message = str(exc)
         elif isinstance(exc, tornado.web.HTTPError) and status_code < 500:
-            message = exc.log_message % exc.args if exc.log_message else self._reason
+            message = exc.log_message % exc.args if exc.log_message else tornado_internals.reason(self)
         else:
-            message = "internal server error" if status_code >= 500 else self._reason
+            message = "internal server error" if status_code >= 500 else tornado_internals.reason(self)
         self.set_error_headers(status_code, exc)
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.error_message = message

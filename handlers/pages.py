@@ -17,6 +17,7 @@ from typing import Awaitable
 
 import tornado.web
 
+from handlers import tornado_internals
 from handlers.base import allowed_methods, stamp_date
 from handlers.catalog import CatalogHandler
 from media.catalog import sorted_videos
@@ -164,7 +165,7 @@ class PageHandler(CatalogHandler):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, StoreError):
             status_code = exc.status
-        title, message = ERROR_TEXT.get(status_code, (self._reason, "That request didn't work."))
+        title, message = ERROR_TEXT.get(status_code, (tornado_internals.reason(self), "That request didn't work."))
         if isinstance(exc, PageError):
             message = exc.message
         self.set_error_headers(status_code, exc)

@@ -18,18 +18,15 @@ With ``?changes=1`` on its URL, a client gets that first presence and then
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import ipaddress
 import secrets
-import struct
 from typing import Any
 from urllib.parse import urlsplit
 
 import tornado.websocket
 import ujson
-from tornado.iostream import SSLIOStream, StreamClosedError
 
+from handlers import tornado_internals
 from handlers.base import BaseHandler
 from ops.limits import TokenBucket, Verdict
 from presence.broadcast import encode
@@ -44,22 +41,6 @@ POLICY_VIOLATION = 1008
 
 class BadMessage(Exception):
     """A client message we refuse; the text goes back to the client."""
-
-
-@functools.lru_cache(maxsize=2)
-def text_frame(payload: bytes) -> bytes:
-    """``payload`` as one unmasked websocket text frame (RFC 6455 section 5.2).
-
-    Cached because a broadcast hands every socket the same bytes object: the
-    frame is built once, and the lookup is cheap (bytes keep their hash, and
-    the key is found by identity).
-    """
-    size = len(payload)
-    if size < 126:
-        return struct.pack("!BB", 0x81, size) + payload
-    if size < 1 << 16:
-        return struct.pack("!BBH", 0x81, 126, size) + payload
-    return struct.pack("!BBQ", 0x81, 127, size) + payload
 
 
 def check_peer(url: Any, client_ip: str) -> str:
@@ -127,9 +108,9 @@ class PresenceHandler(BaseHandler, tornado.websocket.WebSocketHandler):
         # Tornado refuses a bad handshake (400, 403, 426) with a plain-text
         # reason or none; like every API error, it goes out as JSON here.
         status = self.get_status()
-        if status >= 400 and not self._headers.get("Content-Type", "").startswith("application/json"):
+        if status >= 400 and not tornado_internals.response_header(self, "Content-Type").startswith("application/json"):
             self.set_header("Content-Type", "application/json; charset=utf-8")
-            message = chunk if isinstance(chunk, str) and chunk else self._reason
+            message = chunk if isinstance(chunk, str) and chunk else tornado_internals.reason(self)
             chunk = ujson.dumps({"error": message, "status": status})
         return super().finish(chunk)
 
@@ -145,37 +126,11 @@ class PresenceHandler(BaseHandler, tornado.websocket.WebSocketHandler):
         self.application.presence.connect(self.socket_id, self.ip)
 
     def write_message(self, message: str | bytes | dict, binary: bool = False):
-        """Sends ``bytes`` as a text frame that every socket sent the same bytes shares.
-
-        Tornado would copy the payload into a frame of each socket's own and
-        wrap each write in a task; a broadcast to a thousand sockets (or to a
-        hundred that stopped reading) would hold a thousand copies. Here a
-        socket with nothing queued is handed the frame directly, which is
-        all a client that keeps up ever needs (a quarter less CPU per
-        broadcast than going through the stream); what it does not take
-        goes into the stream's buffer as a view of the shared frame, not a
-        copy. Anything else goes Tornado's way.
-        """
+        """Sends ``bytes`` as a text frame shared by every socket sent the same bytes
+        (:func:`handlers.tornado_internals.write_shared_text`); anything else goes Tornado's way."""
         if not isinstance(message, bytes) or binary:
             return super().write_message(message, binary)
-        connection = self.ws_connection
-        if connection is None or connection.is_closing():
-            raise tornado.websocket.WebSocketClosedError()
-        stream, frame = connection.stream, text_frame(message)
-        if not stream.writing() and not isinstance(stream, SSLIOStream):
-            try:
-                sent = stream.socket.send(frame)
-            except OSError:
-                sent = 0  # full, or broken: the stream finds out below and acts as usual
-            if sent == len(frame):
-                done = asyncio.get_running_loop().create_future()
-                done.set_result(None)
-                return done
-            frame = memoryview(frame)[sent:]
-        try:
-            return stream.write(frame)
-        except StreamClosedError:
-            raise tornado.websocket.WebSocketClosedError() from None
+        return tornado_internals.write_shared_text(self, message)
 
     def on_message(self, message: str | bytes) -> None:
         if self.socket_id is None:

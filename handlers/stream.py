@@ -9,6 +9,7 @@ from typing import BinaryIO
 
 from tornado.iostream import SSLIOStream, StreamClosedError
 
+from handlers import tornado_internals
 from handlers.base import ApiError, BaseHandler
 from media.ranges import ByteRange, ResponsePlan, http_date, plan_response
 from media.store import StoreError, VideoRecord, check_video_id
@@ -132,9 +133,7 @@ class StreamHandler(BaseHandler):
             # comes as SendfileNotAvailableError, not OSError.
             connection.close()
             return
-        # Tornado checks the body against Content-Length by counting what
-        # passes through HTTP1Connection.write, which sendfile bypasses.
-        connection._expected_content_remaining -= sent
+        tornado_internals.body_sent_around(connection, sent)
         self.finish()
 
     async def _send_chunks(self, video: VideoRecord, byte_range: ByteRange) -> None:

@@ -29,6 +29,8 @@ from typing import TextIO
 import tornado.web
 import ujson
 
+from handlers import tornado_internals
+
 ACCESS = logging.getLogger("binge.access")
 ERRORS = logging.getLogger("binge.error")
 
@@ -85,8 +87,7 @@ def body_bytes(handler: tornado.web.RequestHandler) -> int:
         return counted
     if handler.request.method == "HEAD" or handler.get_status() in (101, 204, 304):
         return 0
-    # Tornado keeps the response's headers to itself; finish() sets Content-Length there.
-    return int(handler._headers.get("Content-Length", 0))
+    return int(tornado_internals.response_header(handler, "Content-Length", "0"))
 
 
 def send_to(stream: TextIO) -> None:
