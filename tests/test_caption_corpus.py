@@ -1,8 +1,8 @@
 """Real and hand-made subtitle files, read by Binge+ and by two independent readers, compared cue by cue.
 
-The readers are FFmpeg (its SubRip demuxer and decoder, through PyAV) and
-pysubs2. Each reading becomes a sorted list of (start ms, end ms, visible
-text). The real files and the differences Binge+ makes on purpose are listed
+The readers are FFmpeg (its SubRip and WebVTT demuxers and decoders,
+through PyAV) and pysubs2. Each reading becomes a sorted list of (start ms,
+end ms, visible text). The real files and the differences Binge+ makes on purpose are listed
 in tests/subtitle_corpus.yaml; the rules that hold for every file are here:
 
 * A cue that ends when it starts, or has no visible text, is dropped by
@@ -47,7 +47,7 @@ def visible_lines(text: str) -> str:
 
 
 def ass_visible(text: str) -> str:
-    """Visible text of the ASS markup both readers turn SRT text into."""
+    """Visible text of the ASS markup both readers turn cue text into."""
     text = re.sub(r"\{\\[^}]*\}", "", text)
     return visible_lines(text.replace("\\N", "\n").replace("\\h", "\u00a0"))
 
@@ -56,9 +56,9 @@ def shown(cues: list[Cue]) -> list[Cue]:
     return sorted(cue for cue in cues if cue[0] != cue[1] and cue[2])
 
 
-def read_with_binge(data: bytes, lang: str | None) -> list[Cue]:
+def read_with_binge(data: bytes, lang: str | None, fmt: str = "srt") -> list[Cue]:
     """Binge+'s cues, read back from its WebVTT by webvtt-py in strict mode."""
-    vtt = to_vtt(data, "srt", lang)
+    vtt = to_vtt(data, fmt, lang)
     cues = []
     for caption in webvtt.from_string(vtt, strict=True).captions:
         text = html.unescape(re.sub(r"<[^>]*>", "", caption.raw_text))
@@ -96,13 +96,17 @@ def read_with_ffmpeg(path: pathlib.Path, encoding: str) -> list[Cue]:
 
 def read_with_pysubs2(path: pathlib.Path, encoding: str) -> list[Cue]:
     try:
-        subtitles = pysubs2.load(str(path), encoding=encoding, format_="srt")
+        subtitles = pysubs2.load(str(path), encoding=encoding, format_=subtitle_format(path))
     except (UnicodeDecodeError, pysubs2.Pysubs2Error) as error:
         raise CannotRead(error) from error
     return [(event.start, event.end, ass_visible(event.text)) for event in subtitles]
 
 
 READ = {"ffmpeg": read_with_ffmpeg, "pysubs2": read_with_pysubs2}
+
+
+def subtitle_format(path: pathlib.Path) -> str:
+    return path.suffix.lstrip(".").lower()
 
 
 def as_cues(listed: list) -> list[Cue]:
@@ -124,7 +128,7 @@ def expected_from(reader: str, theirs: list[Cue], differences: list[dict]) -> li
 
 def compare(path: pathlib.Path, encoding: str, lang: str | None, unreadable_by: dict, differences: list[dict]) -> None:
     try:
-        ours: list[Cue] | None = read_with_binge(path.read_bytes(), lang)
+        ours: list[Cue] | None = read_with_binge(path.read_bytes(), lang, subtitle_format(path))
     except CaptionError:
         ours = None  # no usable cue in the file
     compared = 0
