@@ -42,13 +42,14 @@ def client_ip(request: HTTPServerRequest, trusted_proxies: tuple[str, ...]) -> s
 
 
 def allowed_methods(handler_class: type[tornado.web.RequestHandler]) -> str:
-    """The methods a resource answers, for ``Allow``: those its handler implements, and HEAD exactly where GET."""
+    """The methods a resource answers, for ``Allow``: those its handler implements, and HEAD and
+    OPTIONS (BaseHandler's, a GET's preflight) exactly where GET; empty for a resource with none."""
     implemented = [
         method for method in handler_class.SUPPORTED_METHODS
         if getattr(handler_class, method.lower()) is not getattr(tornado.web.RequestHandler, method.lower())
     ]
     has_get = "GET" in implemented
-    return ", ".join(m for m in implemented if m != "HEAD" or has_get)
+    return ", ".join(m for m in implemented if m not in ("HEAD", "OPTIONS") or has_get)
 
 
 def stamp_date(handler: tornado.web.RequestHandler) -> float:
@@ -118,6 +119,8 @@ class BaseHandler(tornado.web.RequestHandler):
 
     async def head(self, *args: str, **kwargs: str) -> None:
         """The GET's answer, whose body Tornado drops for a HEAD; a 405 where there is no GET."""
+        # A HEAD never switches protocols: a websocket handshake is a GET (RFC 6455 §4.1).
+        self.request.headers.pop("Upgrade", None)
         answered = self.get(*args, **kwargs)
         if answered is not None:
             await answered

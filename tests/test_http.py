@@ -178,3 +178,21 @@ async def test_poster_revalidates_by_its_own_etag(http_client, base_url):
     assert "Last-Modified" not in first.headers  # the store knows when the video changed, not the poster
     r = await fetch(http_client, base_url, "/videos/alpha/poster", If_None_Match=first.headers["ETag"])
     assert r.code == 304
+
+
+@pytest.mark.gen_test
+async def test_a_head_never_upgrades_to_a_websocket(http_client, base_url):
+    """RFC 6455 §4.1: the handshake is a GET. A HEAD asking to upgrade gets the GET's plain answer's headers."""
+    r = await fetch(http_client, base_url, "/presence", method="HEAD", Upgrade="websocket", Connection="Upgrade",
+                    Sec_WebSocket_Key="dGhlIHNhbXBsZSBub25jZQ==", Sec_WebSocket_Version="13")
+    assert (r.code, r.body) == (200, b"")
+    assert r.headers["Content-Type"].startswith("application/json") and "Upgrade" not in r.headers
+
+
+@pytest.mark.gen_test
+async def test_an_unknown_path_allows_nothing(http_client, base_url):
+    """A method Tornado refuses before routing (405) on a path we do not serve: Allow is empty, not a lie."""
+    r = await http_client.fetch(base_url + "/no/such/thing", method="PROPFIND", raise_error=False,
+                                allow_nonstandard_methods=True)
+    assert r.code == 405 and r.headers["Allow"] == ""
+    assert (await fetch(http_client, base_url, "/no/such/thing", method="OPTIONS")).code == 404
