@@ -22,9 +22,9 @@ import contextlib
 import hashlib
 import logging
 import os
-import tempfile
 from typing import TYPE_CHECKING, Callable, Protocol
 
+import atomic_write
 from captions.convert import CaptionError, to_vtt
 from media.single_flight import SingleFlight
 
@@ -133,16 +133,9 @@ def _write_replacing_versions(path: str, vtt: str) -> None:
     folder = os.path.dirname(path)
     try:
         os.makedirs(folder, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(dir=folder, prefix=".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(vtt)
-            os.replace(temporary, path)
-        except BaseException:
-            os.unlink(temporary)
-            raise
+        atomic_write.write(path, vtt)
         for name in os.listdir(folder):
-            # Temporary files are another writer's, still in progress.
+            # Staged files are another writer's, still in progress.
             if name.endswith(".vtt") and name != os.path.basename(path):
                 with contextlib.suppress(FileNotFoundError):  # another writer's prune
                     os.unlink(os.path.join(folder, name))

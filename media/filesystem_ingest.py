@@ -18,6 +18,7 @@ from typing import Callable
 
 import ujson
 
+import atomic_write
 from media.store import CAPTION_FORMATS, LANGUAGE_TAG, VIDEO_TYPES, InvalidInput, NewVideo, check_video_id
 from settings import Settings
 
@@ -44,14 +45,10 @@ def write_into_folder(folder: str, item: NewVideo, progress: Callable[[int], Non
         files[f"{item.id}.jpg"] = item.poster
     meta = ujson.dumps(_metadata(item), ensure_ascii=False, escape_forward_slashes=False, indent=2)
     files[f"{item.id}.json"] = meta.encode()
-    staged_video = _copy_staged(item.source_path, folder, video_name, progress)
-    try:
+    with atomic_write.staged(os.path.join(folder, video_name)) as staged_video:
+        _copy(item.source_path, staged_video, progress)
         for name, data in files.items():
-            _write_atomically(folder, name, data)
-        os.replace(staged_video, os.path.join(folder, video_name))
-    except BaseException:
-        _remove(staged_video)
-        raise
+            atomic_write.write(os.path.join(folder, name), data, durable=True)
     _remove_stale(folder, item.id, keep={video_name, *files})
     return video_name
 
@@ -78,39 +75,15 @@ def _metadata(item: NewVideo) -> dict:
     return meta
 
 
-def _staged_path(folder: str, name: str) -> str:
-    # Hidden, so the store skips it; the pid keeps two ingests of one id apart.
-    return os.path.join(folder, f".{name}.{os.getpid()}.part")
-
-
-def _copy_staged(source: str, folder: str, name: str, progress: Callable[[int], None]) -> str:
-    staged = _staged_path(folder, name)
+def _copy(source: str, destination: str, progress: Callable[[int], None]) -> None:
     buffer = memoryview(bytearray(_COPY_CHUNK))
     done = 0
-    try:
-        with open(source, "rb", buffering=0) as src, open(staged, "wb", buffering=0) as dst:
-            while n := src.readinto(buffer):
-                dst.write(buffer[:n])
-                done += n
-                progress(done)
-            os.fsync(dst.fileno())
-    except BaseException:
-        _remove(staged)
-        raise
-    return staged
-
-
-def _write_atomically(folder: str, name: str, data: bytes) -> None:
-    staged = _staged_path(folder, name)
-    try:
-        with open(staged, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(staged, os.path.join(folder, name))
-    except BaseException:
-        _remove(staged)
-        raise
+    with open(source, "rb", buffering=0) as src, open(destination, "wb", buffering=0) as dst:
+        while n := src.readinto(buffer):
+            dst.write(buffer[:n])
+            done += n
+            progress(done)
+        os.fsync(dst.fileno())
 
 
 def _remove_stale(folder: str, video_id: str, keep: set[str]) -> None:

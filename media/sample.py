@@ -23,6 +23,7 @@ from fractions import Fraction
 
 import av
 
+import atomic_write
 from media.filesystem_ingest import write_into_folder
 from media.ingest import new_video
 from media.store import VIDEO_TYPES
@@ -102,9 +103,8 @@ def cached_video(
     if not os.path.exists(path):
         # Made under a private name and renamed, so a parallel test run never
         # reads a clip half-written.
-        part = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.part")
-        make_video(part, seconds, container, width, height, fps)
-        os.replace(part, path)
+        with atomic_write.staged(path) as part:
+            make_video(part, seconds, container, width, height, fps)
     return path
 
 

@@ -21,6 +21,7 @@ import os
 
 import ujson
 
+import atomic_write
 from media.single_flight import SingleFlight
 from media.store import Store, StoreError, VideoRecord
 from peers.manifest import Manifest, compute_manifest
@@ -93,11 +94,7 @@ class ManifestCache:
 
     def _save(self, manifest: Manifest) -> None:
         os.makedirs(self.folder, exist_ok=True)
-        path = self._path(manifest.video_id)
-        staged = f"{path}.{os.getpid()}.part"
-        with open(staged, "w", encoding="utf-8") as f:
-            f.write(ujson.dumps(manifest.to_json()))
-        os.replace(staged, path)
+        atomic_write.write(self._path(manifest.video_id), ujson.dumps(manifest.to_json()))
 
     def _catalog_changed(self) -> None:
         self._catalog_dirty = True

@@ -43,6 +43,7 @@ from typing import Callable, Collection, Iterator
 
 import ujson
 
+import atomic_write
 from peers.have import from_ranges, to_ranges
 from peers.manifest import Manifest
 
@@ -52,6 +53,9 @@ SAVE_DELAY = 0.5
 # Seconds between two updates of a have record's modification time for reads (see SparseFilePieces.touch).
 TOUCH_EVERY = 30.0
 KINDS = ("have.json", "manifest.json", "data")
+# A record being rewritten is staged as its name plus this, which is how
+# stored_on_disk and remove_stored know a leftover of a crash for the video's.
+STAGED = ".part"
 
 
 class PieceStorage(abc.ABC):
@@ -203,7 +207,7 @@ class SparseFilePieces(PieceStorage):
     async def adopt(self, manifest: Manifest) -> None:
         if self.manifest is not None and self.manifest.root == manifest.root:
             if self.manifest != manifest:  # the same bytes under a new ETag: the pieces stay good
-                _write_atomically(self._path("manifest.json"), manifest.to_json())
+                _write_record(self._path("manifest.json"), manifest.to_json())
             self.manifest = manifest
             return
         # A few small file operations: cheaper here than a trip through a thread.
@@ -213,7 +217,7 @@ class SparseFilePieces(PieceStorage):
         self._held = set()
         self._fd = os.open(self._path("data"), os.O_RDWR | os.O_CREAT, 0o644)
         os.ftruncate(self._fd, manifest.size)
-        _write_atomically(self._path("manifest.json"), manifest.to_json())
+        _write_record(self._path("manifest.json"), manifest.to_json())
         self.manifest = manifest
         self._save()
 
@@ -272,7 +276,7 @@ class SparseFilePieces(PieceStorage):
             self._save_handle.cancel()
             self._save_handle = None
         if self.manifest is not None:
-            _write_atomically(self._path("have.json"), {"root": self.manifest.root, "pieces": to_ranges(self._held)})
+            _write_record(self._path("have.json"), {"root": self.manifest.root, "pieces": to_ranges(self._held)})
 
     def close(self) -> None:
         if self._fd is not None:
@@ -326,7 +330,7 @@ def _file_names(video_id: str) -> Iterator[str]:
     """The names the files of ``video_id`` may have, staged ones included; the record's first."""
     for kind in KINDS:
         yield f"{video_id}.{kind}"
-        yield f"{video_id}.{kind}.part"
+        yield f"{video_id}.{kind}{STAGED}"
 
 
 def remove_stored(folder: str, video_id: str) -> None:
@@ -352,7 +356,7 @@ def stored_on_disk(folder: str) -> dict[str, tuple[int, float | None]]:
     ids = set()
     for name in names:
         for kind in KINDS:
-            for suffix in (f".{kind}", f".{kind}.part"):
+            for suffix in (f".{kind}", f".{kind}{STAGED}"):
                 if name.endswith(suffix) and len(name) > len(suffix):
                     ids.add(name[: -len(suffix)])
     found: dict[str, tuple[int, float | None]] = {}
@@ -377,8 +381,5 @@ def _disk_usage(folder: str, video_id: str) -> int:
     return total
 
 
-def _write_atomically(path: str, obj: object) -> None:
-    staged = f"{path}.part"
-    with open(staged, "w", encoding="utf-8") as f:
-        f.write(ujson.dumps(obj))
-    os.replace(staged, path)
+def _write_record(path: str, obj: object) -> None:
+    atomic_write.write(path, ujson.dumps(obj), staged_path=path + STAGED)
