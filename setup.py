@@ -5,7 +5,7 @@ setup(
     version="0.1.0",
     description="Binge+: a peer-assisted video streaming server on Tornado and Pravega",
     python_requires=">=3.11,<3.12",
-    py_modules=["server", "settings", "backends", "atomic_write"],
+    py_modules=["server", "settings", "backends", "atomic_write", "api_paths"],
     packages=find_packages(include=["handlers", "media", "captions", "presence", "peers", "ops"]),
     package_data={"handlers": ["templates/*.html", "static/*"]},
     install_requires=[

@@ -6,6 +6,7 @@ import time
 
 import tornado.web
 
+import api_paths
 import backends
 from captions.cache import CaptionCache
 from handlers import catalog, health, metrics, pages, peers, presence, stream
@@ -19,32 +20,29 @@ from presence.broadcast import Broadcaster
 from presence.state import Presence
 from settings import Settings
 
-VIDEO = r"(?P<video_id>[^/]+)"
-
-
 def routes() -> list[tuple]:
     # The old Electron app's paths come before the /videos/{id} family they overlap.
-    return [
-        (rf"/videos/{VIDEO}/stream", stream.StreamHandler),
-        (rf"/videos/{VIDEO}/captions", catalog.CaptionListHandler),
-        (rf"/videos/{VIDEO}/captions/(?P<lang>[^/]+?)(?:\.vtt)?", catalog.CaptionHandler),
-        (rf"/videos/{VIDEO}/poster", catalog.PosterHandler),
-        (rf"/videos/{VIDEO}/data", catalog.VideoHandler),
-        (rf"/videos/{VIDEO}/manifest", peers.ManifestHandler),
-        (rf"/videos/{VIDEO}/peers", peers.PeersHandler),
-        (rf"/videos/{VIDEO}/have", peers.HaveHandler),
-        (rf"/videos/{VIDEO}/pieces/(?P<index>[0-9]+)", peers.PieceHandler),
-        (rf"/videos/{VIDEO}/sources", peers.SourcesHandler),
-        (rf"/videos/video/{VIDEO}/caption", catalog.CaptionHandler),
-        (rf"/videos/video/{VIDEO}", stream.StreamHandler),
-        (rf"/videos/{VIDEO}", catalog.VideoHandler),
-        (r"/videos/?", catalog.VideoListHandler),
-        (r"/presence", presence.PresenceHandler),
-        (r"/healthz", health.HealthHandler),
-        (r"/metrics", metrics.MetricsHandler),
-        (r"/", pages.CatalogPage),
-        (rf"/watch/{VIDEO}", pages.WatchPage),
-    ]
+    return [(path.route, handler) for path, handler in [
+        (api_paths.STREAM, stream.StreamHandler),
+        (api_paths.CAPTIONS, catalog.CaptionListHandler),
+        (api_paths.CAPTION, catalog.CaptionHandler),
+        (api_paths.POSTER, catalog.PosterHandler),
+        (api_paths.VIDEO_DATA, catalog.VideoHandler),
+        (api_paths.MANIFEST, peers.ManifestHandler),
+        (api_paths.PEERS, peers.PeersHandler),
+        (api_paths.HAVE, peers.HaveHandler),
+        (api_paths.PIECE, peers.PieceHandler),
+        (api_paths.SOURCES, peers.SourcesHandler),
+        (api_paths.OLD_CAPTION, catalog.CaptionHandler),
+        (api_paths.OLD_STREAM, stream.StreamHandler),
+        (api_paths.VIDEO, catalog.VideoHandler),
+        (api_paths.VIDEOS, catalog.VideoListHandler),
+        (api_paths.PRESENCE, presence.PresenceHandler),
+        (api_paths.HEALTH, health.HealthHandler),
+        (api_paths.METRICS, metrics.MetricsHandler),
+        (api_paths.CATALOG_PAGE, pages.CatalogPage),
+        (api_paths.WATCH_PAGE, pages.WatchPage),
+    ]]
 
 
 class BingeApp(tornado.web.Application):

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from typing import Iterable
-from urllib.parse import quote
 
+import api_paths
 from media.probe import human_duration
 from media.store import VideoRecord
 
@@ -14,15 +14,10 @@ def sorted_videos(videos: Iterable[VideoRecord]) -> list[VideoRecord]:
     return sorted(videos, key=lambda v: (v.name.lower(), v.id))
 
 
-def video_path(video_id: str) -> str:
-    return f"/videos/{quote(video_id)}"
-
-
 def video_json(video: VideoRecord, watchers: list[dict]) -> dict:
     """A video object as ``GET /videos`` lists it; ``watchers`` comes from presence."""
-    base = video_path(video.id)
     if video.has_poster:
-        poster = f"{base}/poster"
+        poster = api_paths.POSTER(video_id=video.id)
     else:
         poster = video.poster_url
     return {
@@ -33,9 +28,9 @@ def video_json(video: VideoRecord, watchers: list[dict]) -> dict:
         "size": video.size,
         "mimeType": video.mime_type,
         "poster": poster,
-        "stream": f"{base}/stream",
+        "stream": api_paths.STREAM(video_id=video.id),
         "captions": [
-            {"lang": t.lang, "label": t.label, "url": f"{base}/captions/{quote(t.lang)}.vtt"} for t in video.captions
+            {"lang": t.lang, "label": t.label, "url": api_paths.CAPTION(video_id=video.id, lang=t.lang)} for t in video.captions
         ],
         "activeUsers": watchers,
         "viewers": len(watchers),

@@ -28,7 +28,7 @@ from typing import Callable
 
 import ujson
 
-from media.catalog import video_path
+import api_paths
 from media.store import CaptionTrack, InvalidInput, NotFound, StoreError, Unavailable, VideoRecord, check_video_id
 from peers import hops
 from peers.upstream import Upstream
@@ -141,7 +141,7 @@ class UpstreamCatalog:
     def _poster(self, video_id: str, poster: object) -> dict:
         if not isinstance(poster, str):
             return {}
-        if poster == f"{video_path(video_id)}/poster":
+        if poster == api_paths.POSTER(video_id=video_id):
             return {"has_poster": True}
         # A path of the upstream's own becomes a URL on it; a URL stays as it is.
         return {"poster_url": f"{self.upstream.url}{poster}" if poster.startswith("/") else poster}

@@ -40,8 +40,8 @@ import hashlib
 import logging
 import time
 from typing import AsyncIterator, Callable, Iterator
-from urllib.parse import quote
 
+import api_paths
 from media.single_flight import SingleFlight
 from media.store import NotFound, Store, StoreError, Unavailable, UpstreamManifests, VideoRecord
 from peers.announce import Announcer
@@ -289,13 +289,13 @@ class PeerNodeStore(Store):
     async def caption_source(self, video: VideoRecord, lang: str) -> tuple[bytes, str]:
         if video.caption(lang) is None:
             raise NotFound(f"video {video.id!r} has no {lang!r} captions")
-        data = await self.upstream.body(video.id, f"/captions/{quote(lang, safe='')}.vtt")
+        data = await self.upstream.body(api_paths.CAPTION(video_id=video.id, lang=lang))
         return data, hashlib.sha256(data).hexdigest()[:16]
 
     async def poster(self, video: VideoRecord) -> bytes:
         if not video.has_poster:
             raise NotFound(f"video {video.id!r} has no poster")
-        return await self.upstream.body(video.id, "/poster")
+        return await self.upstream.body(api_paths.POSTER(video_id=video.id))
 
     async def health(self) -> dict:
         error = self.catalog.last_error

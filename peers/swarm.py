@@ -28,7 +28,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from media.catalog import video_path
+import api_paths
 from media.store import StoreError
 from peers.have import from_ranges
 from peers.manifest import Manifest
@@ -67,7 +67,7 @@ class Swarm:
         self._refreshing: asyncio.Task | None = None
 
     def piece_url(self, peer: Peer, n: int) -> str:
-        return f"{peer.url}{video_path(self.manifest.video_id)}/pieces/{n}?root={self.manifest.root}"
+        return f"{peer.url}{api_paths.PIECE(video_id=self.manifest.video_id, index=n)}?root={self.manifest.root}"
 
     def choose(self, n: int, avoid: set[str]) -> Peer | None:
         now = time.monotonic()
@@ -129,7 +129,7 @@ class Swarm:
         self._have_at = time.monotonic()
 
     async def _read_have(self, peer: Peer) -> None:
-        url = f"{peer.url}{video_path(self.manifest.video_id)}/have"
+        url = peer.url + api_paths.HAVE(video_id=self.manifest.video_id)
         started = time.monotonic()
         try:
             have = await get_json(url, HAVE_TIMEOUT)

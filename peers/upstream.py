@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from tornado.httpclient import HTTPResponse
 
-from media.catalog import video_path
+import api_paths
 from media.store import NotFound, StoreError, Unavailable
 from peers import hops
 from peers.manifest import Manifest
@@ -40,23 +40,25 @@ class Upstream:
         """The headers every request to the upstream carries: ``Binge-Via``."""
         return hops.outgoing(self.node_id)
 
-    def video_url(self, video_id: str, tail: str = "") -> str:
-        return f"{self.url}{video_path(video_id)}{tail}"
+    def url_of(self, path: str) -> str:
+        """The upstream's URL for ``path``, one of :mod:`api_paths`."""
+        return self.url + path
 
     def presence_url(self) -> str:
         parts = urlsplit(self.url)
         scheme = "wss" if parts.scheme == "https" else "ws"
-        return urlunsplit((scheme, parts.netloc, parts.path + "/presence", "", ""))
+        return urlunsplit((scheme, parts.netloc, parts.path + api_paths.PRESENCE(), "", ""))
 
     async def catalog(self) -> list[dict]:
-        videos = await self._json(f"{self.url}/videos", JSON_TIMEOUT)
+        url = self.url_of(api_paths.VIDEOS())
+        videos = await self._json(url, JSON_TIMEOUT)
         if not isinstance(videos, list) or not all(isinstance(v, dict) for v in videos):
-            raise Unavailable(f"{self.url}/videos: not a list of videos")
+            raise Unavailable(f"{url}: not a list of videos")
         return videos
 
     async def validators(self, video_id: str) -> tuple[str, float]:
         """The video's ``ETag`` and ``Last-Modified`` (as a timestamp), from a HEAD of its stream."""
-        response = await self._fetch(self.video_url(video_id, "/stream"), "HEAD", JSON_TIMEOUT)
+        response = await self._fetch(self.url_of(api_paths.STREAM(video_id=video_id)), "HEAD", JSON_TIMEOUT)
         etag = response.headers.get("ETag")
         try:
             last_modified = email.utils.parsedate_to_datetime(response.headers.get("Last-Modified", "")).timestamp()
@@ -67,7 +69,7 @@ class Upstream:
         return etag, last_modified
 
     async def manifest(self, video_id: str) -> Manifest:
-        obj = await self._json(self.video_url(video_id, "/manifest"), MANIFEST_TIMEOUT)
+        obj = await self._json(self.url_of(api_paths.MANIFEST(video_id=video_id)), MANIFEST_TIMEOUT)
         try:
             manifest = Manifest.from_json(obj)
         except ValueError as e:
@@ -78,7 +80,7 @@ class Upstream:
 
     async def peers(self, video_id: str) -> list[dict]:
         """The upstream's ``[{"url", "address"}]`` for the video; malformed entries are left out."""
-        peers = await self._json(self.video_url(video_id, "/peers"), JSON_TIMEOUT)
+        peers = await self._json(self.url_of(api_paths.PEERS(video_id=video_id)), JSON_TIMEOUT)
         if not isinstance(peers, list):
             raise Unavailable(f"{self.url}: the peers of {video_id!r} are not a list")
         return [
@@ -86,9 +88,9 @@ class Upstream:
             if isinstance(p, dict) and isinstance(p.get("url"), str) and isinstance(p.get("address"), str)
         ]
 
-    async def body(self, video_id: str, tail: str) -> bytes:
-        """The body of ``GET /videos/{id}{tail}`` (a caption track, a poster)."""
-        return (await self._fetch(self.video_url(video_id, tail), "GET", JSON_TIMEOUT)).body
+    async def body(self, path: str) -> bytes:
+        """The body of ``GET path`` (a caption track, a poster: one of :mod:`api_paths`)."""
+        return (await self._fetch(self.url_of(path), "GET", JSON_TIMEOUT)).body
 
     def stream_range(self, video_id: str, start: int, end: int, stall: float, etag: str) -> AsyncIterator[bytes]:
         """Bytes ``start`` to ``end`` of the video's ``/stream``, only of the version ``etag`` names.
@@ -98,7 +100,7 @@ class Upstream:
         video changed; a 508 a loop of upstreams).
         """
         headers = {"If-Match": etag, **self.headers()}
-        return get_range(self.video_url(video_id, "/stream"), start, end, stall, headers)
+        return get_range(self.url_of(api_paths.STREAM(video_id=video_id)), start, end, stall, headers)
 
     async def _json(self, url: str, timeout: float) -> object:
         try:

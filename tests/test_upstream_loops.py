@@ -22,6 +22,7 @@ import ujson
 from tornado.httpclient import AsyncHTTPClient
 from tornado.testing import bind_unused_port
 
+import api_paths
 from media.store import InvalidInput
 from peers import hops
 from peers.fetcher import PieceFetcher
@@ -138,9 +139,9 @@ def test_every_request_to_the_upstream_carries_the_chain_and_a_508_is_passed_on(
                 await upstream.validators("v")
                 await upstream.manifest("v")
                 await upstream.peers("v")
-                await upstream.body("v", "/captions/en.vtt")
+                await upstream.body(api_paths.CAPTION(video_id="v", lang="en"))
                 with pytest.raises(LoopDetected) as from_body:
-                    await upstream.body("v", "/poster")
+                    await upstream.body(api_paths.POSTER(video_id="v"))
                 return from_body.value
 
             from_body = await asyncio.ensure_future(served_for_a_node_below())
