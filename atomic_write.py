@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pathlib
 import secrets
 from typing import Iterator
 
@@ -34,8 +35,7 @@ def staged(path: str, staged_path: str | None = None) -> Iterator[str]:
         yield staged_path
         os.replace(staged_path, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(staged_path)
+        pathlib.Path(staged_path).unlink(missing_ok=True)
         raise
 
 

@@ -14,6 +14,7 @@ captions in a language no longer given, a poster) are removed.
 from __future__ import annotations
 
 import os
+import pathlib
 from typing import Callable
 
 import ujson
@@ -95,18 +96,12 @@ def _remove_stale(folder: str, video_id: str, keep: set[str]) -> None:
         middle, _, ext = name[len(video_id) + 1 :].rpartition(".")
         ext = ext.lower()
         if middle == "" and ext in (*VIDEO_TYPES, *CAPTION_FORMATS, "jpg"):
-            _remove(os.path.join(folder, name))
+            pathlib.Path(folder, name).unlink(missing_ok=True)
         # "ID.fr.srt" is ours, unless "ID.fr" is itself the id of a video beside it.
         elif ext in CAPTION_FORMATS and LANGUAGE_TAG.match(middle) and not _has_video(names, f"{video_id}.{middle}"):
-            _remove(os.path.join(folder, name))
+            pathlib.Path(folder, name).unlink(missing_ok=True)
 
 
 def _has_video(names: set[str], video_id: str) -> bool:
     return any(f"{video_id}.{ext}" in names for ext in VIDEO_TYPES)
 
-
-def _remove(path: str) -> None:
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass

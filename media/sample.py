@@ -17,6 +17,7 @@ import argparse
 import array
 import math
 import os
+import pathlib
 import sys
 import tempfile
 from fractions import Fraction
@@ -84,7 +85,7 @@ def make_video(
             output.mux(video.encode())
             output.mux(audio.encode())
     except BaseException:
-        _remove(path)
+        pathlib.Path(path).unlink(missing_ok=True)
         raise
     return path
 
@@ -253,13 +254,6 @@ def _srt_time(seconds: float) -> str:
 def _is_video_name(name: str) -> bool:
     stem, _, ext = name.rpartition(".")
     return bool(stem) and not name.startswith(".") and ext.lower() in VIDEO_TYPES
-
-
-def _remove(path: str) -> None:
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import pathlib
 import time
 from typing import Callable, Collection, Iterator
 
@@ -336,10 +337,7 @@ def _file_names(video_id: str) -> Iterator[str]:
 def remove_stored(folder: str, video_id: str) -> None:
     """Removes every file of ``video_id`` from ``folder``; the record first, so a crash never leaves it vouching for bytes gone."""
     for name in _file_names(video_id):
-        try:
-            os.remove(os.path.join(folder, name))
-        except FileNotFoundError:
-            pass
+        pathlib.Path(folder, name).unlink(missing_ok=True)
 
 
 def stored_on_disk(folder: str) -> dict[str, tuple[int, float | None]]:
