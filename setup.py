@@ -6,7 +6,7 @@ setup(
     description="Binge+: a peer-assisted video streaming server on Tornado and Pravega",
     python_requires=">=3.11,<3.12",
     py_modules=["server", "settings", "backends", "atomic_write", "api_paths"],
-    packages=find_packages(include=["handlers", "media", "captions", "presence", "peers", "ops"]),
+    packages=find_packages(include=["handlers", "media", "captions", "presence", "peers", "ops", "pravega_workers"]),
     package_data={"handlers": ["templates/*.html", "static/*"]},
     install_requires=[
         "tornado>=6.4",

@@ -33,7 +33,7 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from media.pravega_io import READ_PIECE, delete_scope, stream_manager  # noqa: E402
+from pravega_workers.blocking import READ_PIECE, delete_scope, stream_manager  # noqa: E402
 from tests.nodes import MiB, Server, Viewer, start_all, write_random_video  # noqa: E402
 
 VIDEO = "bench"

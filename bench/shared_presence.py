@@ -34,7 +34,7 @@ from pravega_stream import start_pravega
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from media.pravega_io import delete_scope, stream_manager  # noqa: E402
+from pravega_workers.blocking import delete_scope, stream_manager  # noqa: E402
 from tests.loopback import until  # noqa: E402
 from tests.test_presence_shared import Client, Scope, watching  # noqa: E402
 

@@ -25,19 +25,20 @@ older reader.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 
 import ujson
 
 from media.store import VIDEO_TYPES, CaptionTrack, VideoRecord
+from pravega_workers.layout import name_prefix
 
 log = logging.getLogger("binge.store")
 
 CATALOG_STREAM = "catalog"
 RECORD_VERSION = 1
-_VIDEO_STREAM_PREFIX = "v-"
+# Every video stream is named "v-...", and nothing else in the scope is.
+_VIDEO_STREAMS = "v"
 
 
 @dataclass(frozen=True)
@@ -57,18 +58,9 @@ class StoredVideo:
     captions: dict[str, Extent]
 
 
-def id_for_stream_names(video_id: str) -> str:
-    """``video_id`` as it goes into stream names.
-
-    Stream names allow only letters, digits, '.' and '-', and ids may hold
-    '_', so the id goes in as a hash.
-    """
-    return hashlib.sha256(video_id.encode()).hexdigest()[:24]
-
-
 def stream_prefix(video_id: str) -> str:
     """The start of the names of every stream written for ``video_id``."""
-    return f"{_VIDEO_STREAM_PREFIX}{id_for_stream_names(video_id)}-"
+    return name_prefix(_VIDEO_STREAMS, video_id)
 
 
 def video_stream_name(video_id: str, write_id: str) -> str:

@@ -36,8 +36,9 @@ from media.pravega_catalog import (
     stream_prefix,
     video_stream_name,
 )
-from media.pravega_io import (
-    PravegaError, calling, delete_stream, ensure_event_stream, replay_catalog, stream_manager,
+from media.pravega_catalog import StoredVideo
+from pravega_workers.blocking import (
+    EventReader, PravegaError, calling, delete_streams, ensure_event_stream, stream_manager,
 )
 from media.store import VIDEO_TYPES, CaptionTrack, InvalidInput, NewVideo, Unavailable, VideoRecord, check_video_id
 from settings import Settings
@@ -165,18 +166,21 @@ def _delete_old_versions(manager, scope: str, video_id: str, keep: set[str]) -> 
 
     Best effort: a stream that cannot be deleted now is deleted by a later ingest.
     """
-    prefix = stream_prefix(video_id)
     try:
-        with calling(f"listing the streams of scope {scope!r}"):
-            names = manager.list_stream(scope)
+        delete_streams(manager, scope, stream_prefix(video_id), keep=keep)
     except PravegaError as e:
-        log.warning("cannot look for old versions of %r: %s", video_id, e)
-        return
-    for name in names:
-        if not name.startswith(prefix) or name in keep:
-            continue
-        try:
-            delete_stream(manager, scope, name)
-        except PravegaError as e:
-            log.warning("cannot delete old stream %r of %r: %s", name, video_id, e)
+        log.warning("cannot delete old versions of %r: %s", video_id, e)
 
+
+def replay_catalog(manager, scope: str) -> dict[str, StoredVideo]:
+    """The catalog as it stands now: the latest usable record of each id."""
+    reader = EventReader(manager, scope, CATALOG_STREAM)
+    videos: dict[str, StoredVideo] = {}
+    caught_up = False
+    while not caught_up:
+        records, caught_up = reader.read_new()
+        for _, data in records:
+            stored = decode_record(data)
+            if stored is not None:
+                videos[stored.record.id] = stored
+    return videos

@@ -1,9 +1,9 @@
 """The Pravega store: videos, posters, captions and the catalog in a Pravega scope.
 
 The layout is in :mod:`media.pravega_catalog`. This process never calls the
-Pravega client itself: a catalog worker process follows the catalog (see
-:mod:`media.pravega_follower`) and ``pravega.workers`` reader processes
-serve reads (see :mod:`media.pravega_pool`), so an unreachable Pravega
+Pravega client itself (see :mod:`pravega_workers`): a follow worker process
+follows the catalog (:class:`CatalogFollower`) and ``pravega.workers``
+reader processes serve reads, so an unreachable Pravega
 shows up as a :class:`~media.store.Unavailable` after at most
 ``pravega.timeout`` seconds, never as a stalled event loop. While the
 catalog worker cannot reach Pravega, reads fail at once. Service resumes by
@@ -15,15 +15,17 @@ itself once Pravega answers again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable, Iterator
 
-from media.pravega_catalog import Extent, StoredVideo
-from media.pravega_follower import CatalogFollower
+from media.pravega_catalog import CATALOG_STREAM, Extent, StoredVideo, decode_record
 from media.pravega_ingest import ingest_into_pravega
-from media.pravega_pool import ReaderPool
 from media.store import NotFound, Store, Unavailable, VideoRecord
-from settings import Settings
+from pravega_workers.errors import NOT_FOUND, PravegaError
+from pravega_workers.follower import StreamFollower
+from pravega_workers.pool import ReaderPool
+from settings import PravegaSettings, Settings
 
 __all__ = ["PravegaStore", "ingest_into_pravega"]
 
@@ -34,6 +36,15 @@ _SIDECAR_CHUNK = 1024 * 1024
 # Each chunk is one reply from a worker, held whole in both processes: a
 # chunk_size far above what a socket moves at once gains nothing.
 _MAX_CHUNK = 16 * 1024 * 1024
+
+
+@contextlib.contextmanager
+def store_errors() -> Iterator[None]:
+    """Answers a failed Pravega call as the store's 404 (the stream is gone) or 503."""
+    try:
+        yield
+    except PravegaError as e:
+        raise (NotFound if e.kind == NOT_FOUND else Unavailable)(str(e)) from None
 
 
 class PravegaStore(Store):
@@ -99,7 +110,8 @@ class PravegaStore(Store):
             offset = start
             while offset < end:
                 chunk = buffer[: min(len(buffer), end - offset)]
-                await session.read_into(stream, offset, chunk)
+                with store_errors():
+                    await session.read_into(stream, offset, chunk)
                 offset += len(chunk)
                 yield chunk
 
@@ -127,7 +139,7 @@ class PravegaStore(Store):
         self._check_reachable()
         data = bytearray(extent.length)
         view = memoryview(data)
-        with self._readers.session() as session:
+        with self._readers.session() as session, store_errors():
             for offset in range(0, extent.length, _SIDECAR_CHUNK):
                 await session.read_into(stream, extent.offset + offset, view[offset : offset + _SIDECAR_CHUNK])
         return bytes(data)
@@ -147,3 +159,43 @@ class PravegaStore(Store):
             "readsInProgress": self._readers.sessions_open(),
             **({} if ok else {"error": self._problem()}),
         }
+
+
+class CatalogFollower(StreamFollower):
+    """Follows the ``catalog`` stream and keeps :attr:`videos` as it says.
+
+    A replay (after a start or a failure) is gathered aside and replaces the
+    catalog only once it reaches the tail, so videos do not blink out while
+    it runs. ``on_change`` is called after each batch that changed something.
+    """
+
+    def __init__(self, settings: PravegaSettings, on_change: Callable[[dict[str, StoredVideo]], None]) -> None:
+        # Often enough that a new video shows within a second, rarely enough to cost nothing.
+        super().__init__(settings, CATALOG_STREAM, poll=min(0.5, settings.timeout / 4))
+        self.on_change = on_change
+        self.videos: dict[str, StoredVideo] = {}
+        self.caught_up = asyncio.Event()
+        self._staging: dict[str, StoredVideo] | None = None
+        self._changed = False
+
+    def on_reset(self) -> None:
+        self._staging = {}
+
+    def on_record(self, data: bytes) -> None:
+        stored = decode_record(data)
+        if stored is None:
+            return
+        if self._staging is not None:
+            self._staging[stored.record.id] = stored
+        else:
+            self.videos = {**self.videos, stored.record.id: stored}
+            self._changed = True
+
+    def on_caught_up(self) -> None:
+        if self._staging is not None:
+            self._changed = self._changed or self._staging != self.videos
+            self.videos, self._staging = self._staging, None
+        self.caught_up.set()
+        if self._changed:
+            self._changed = False
+            self.on_change(self.videos)

@@ -10,10 +10,10 @@ of order, wait in memory for the gap to close: those at most
 When appending falls behind, the fetches that bring pieces wait for it.
 
 The client's byte writer cannot append to a stream another writer began
-(see :mod:`media.pravega_io`), which would rule out going on after a
+(see :mod:`pravega_workers.blocking`), which would rule out going on after a
 restart, so the prefix is written as events: one event per piece, each
 appended whole by one long-lived event writer in an appender worker
-(:class:`~media.pravega_pool.EventAppender`). An event in a segment is an
+(:class:`~pravega_workers.pool.EventAppender`). An event in a segment is an
 8-byte frame header and the bytes, so every piece lies at an offset known
 from the piece size alone, and the node's reader workers read it back as a
 byte range. One stream per version of a video, ``p-<id hash>-<root>``, in
@@ -49,38 +49,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import struct
 from typing import Callable
 
 import ujson
 
-from media.pravega_catalog import id_for_stream_names
-from media.pravega_pool import EventAppender, ReaderPool
-from media.store import StoreError
+from media.store import Unavailable
 from peers.manifest import Manifest
 from peers.pieces import PieceStorage, PieceStore
 from peers.session import READ_AHEAD
+from pravega_workers.errors import PravegaError
+from pravega_workers.layout import EVENT_FRAME, MAX_EVENT, name_prefix
+from pravega_workers.pool import EventAppender, ReaderPool
 from settings import PravegaSettings
 
 log = logging.getLogger("binge.peers")
 
 HEADER_VERSION = 1
-# Pravega frames each event in a segment as a type code and a length.
-EVENT_FRAME = struct.Struct(">ii")
-# The largest event Pravega takes; a video cut in bigger pieces is not kept.
-MAX_EVENT = 8 * 1024 * 1024
 # How long opening a video's stream may hold up its first read; it goes on after that.
 OPEN_WAIT = 1.0
 # After Pravega failed to open the stream or take a piece, the stream is opened again after this long.
 REOPEN_AFTER = 10.0
 # Every stream of pieces is named "p-...", and nothing else in the scope is.
-STREAMS_PREFIX = "p-"
+_PIECE_STREAMS = "p"
+STREAMS_PREFIX = f"{_PIECE_STREAMS}-"
 # A header longer than this is not one of ours.
 MAX_HEADER = 64 * 1024
 
 
 def stream_prefix(video_id: str) -> str:
-    return f"{STREAMS_PREFIX}{id_for_stream_names(video_id)}-"
+    return name_prefix(_PIECE_STREAMS, video_id)
 
 
 class PieceStreams(PieceStore):
@@ -104,8 +101,11 @@ class PieceStreams(PieceStore):
         return PravegaPrefixPieces(self, video_id, on_stored)
 
     async def left_by_earlier_runs(self) -> dict[str, tuple[int, float | None]]:
-        # Pravega records no time of last use.
-        return {video_id: (nbytes, None) for video_id, nbytes in (await self.stored()).items()}
+        try:
+            found = await self.stored()
+        except PravegaError as e:
+            raise Unavailable(str(e)) from None
+        return {video_id: (nbytes, None) for video_id, nbytes in found.items()}  # Pravega records no time of use
 
     async def stored(self) -> dict[str, int]:
         """What earlier runs kept: video id -> bytes of pieces in its streams.
@@ -120,7 +120,7 @@ class PieceStreams(PieceStore):
                 header, base = await self.read_header(stream, tail)
                 video_id = header["id"]
                 layout = _Layout(header["size"], header["pieceSize"], base)
-            except (StoreError, ValueError, KeyError, TypeError) as e:
+            except (PravegaError, ValueError, KeyError, TypeError) as e:
                 log.warning("not counting Pravega stream %s toward peer.max_held_bytes: %s", stream, e)
                 continue
             if not stream.startswith(stream_prefix(video_id)):
@@ -230,7 +230,8 @@ class PravegaPrefixPieces(PieceStorage):
         stream = f"{stream_prefix(self.video_id)}{manifest.root[:32]}"
         header = _header(manifest)
         try:
-            tail = await self.streams.appender.create(stream, replacing=stream_prefix(self.video_id))
+            tail = await self.streams.appender.create(stream)
+            await self.streams.appender.delete(stream_prefix(self.video_id), keep=[stream])  # older versions
             if tail == 0:
                 encoded = ujson.dumps(header).encode()
                 await self.streams.appender.append(stream, encoded)
@@ -239,7 +240,7 @@ class PravegaPrefixPieces(PieceStorage):
                 found, base = await self.streams.read_header(stream, tail)
                 if found != header:
                     raise ValueError(f"stream {stream} was written for {found}, not {header}")
-        except (StoreError, ValueError) as e:
+        except (PravegaError, ValueError) as e:
             log.warning("keeping no pieces of %s in Pravega for now: %s", self.video_id, e)
             self._reopen_later()
             return
@@ -291,7 +292,7 @@ class PravegaPrefixPieces(PieceStorage):
         while self._keeping and (data := self._waiting.get(self._prefix)) is not None:
             try:
                 await self.streams.appender.append(self.stream, data)
-            except StoreError as e:
+            except PravegaError as e:
                 log.warning("piece %d of %s not kept in Pravega: %s; keeping no more of it for now", self._prefix,
                             self.video_id, e)
                 self._stop_keeping()
@@ -313,7 +314,7 @@ class PravegaPrefixPieces(PieceStorage):
         try:
             with self.streams.readers.session() as session:
                 await session.read_into(self.stream, self._layout.offset(n), memoryview(data))
-        except StoreError as e:
+        except PravegaError as e:
             log.warning("cannot read piece %d of %s from Pravega: %s", n, self.video_id, e)
             return None
         return bytes(data)
@@ -358,7 +359,7 @@ class PravegaPrefixPieces(PieceStorage):
     async def _delete(self) -> list[str]:
         try:
             deleted = await self.streams.appender.delete(stream_prefix(self.video_id))
-        except StoreError as e:
+        except PravegaError as e:
             # It stays in Pravega, counted again at the node's next start.
             log.warning("the Pravega streams of %s's pieces were not deleted: %s", self.video_id, e)
             return []

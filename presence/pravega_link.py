@@ -4,7 +4,7 @@ Each instance appends its own sockets' changes to the scope's ``presence``
 event stream and follows that stream for everyone's (the records and how
 they merge are in :mod:`presence.shared`). The client's calls hold the GIL
 and block, so a follow worker process does both (see
-:class:`media.pravega_follower.StreamFollower`): this side hands it records
+:class:`pravega_workers.follower.StreamFollower`): this side hands it records
 without waiting and hears each event of the stream back.
 
 Every ``pravega.instance_timeout / 3`` seconds an instance appends a
@@ -25,7 +25,7 @@ import logging
 import time
 import uuid
 
-from media.pravega_follower import StreamFollower
+from pravega_workers.follower import StreamFollower
 from presence.shared import RemoteInstances, change_record, gone_record, snapshot_record
 from presence.state import Change, Presence
 from settings import PravegaSettings

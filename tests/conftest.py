@@ -93,7 +93,7 @@ def config(request, tmp_path, sample_videos):
         request.getfixturevalue("library")
         yield make_config(tmp_path)
         return
-    from media.pravega_io import PravegaError, delete_scope, stream_manager
+    from pravega_workers.blocking import PravegaError, delete_scope, stream_manager
     from media.pravega_store import ingest_into_pravega
 
     uri = request.getfixturevalue("controller_uri")
@@ -151,7 +151,7 @@ def servers(tmp_path):
 @pytest.fixture
 def pravega_settings(controller_uri):
     """Settings for a scope of the test's own on the shared Pravega, deleted afterwards."""
-    from media.pravega_io import delete_scope, stream_manager
+    from pravega_workers.blocking import delete_scope, stream_manager
 
     settings = PravegaSettings(controller_uri=controller_uri, scope=f"test-{os.urandom(6).hex()}")
     yield settings

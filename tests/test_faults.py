@@ -249,7 +249,7 @@ def reader_workers() -> list[int]:
     for pid in children():
         with contextlib.suppress(FileNotFoundError):
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if b"media.pravega_worker\0reader\0" in f.read():
+                if b"pravega_workers.worker\0reader\0" in f.read():
                     pids.append(pid)
     return pids
 

@@ -159,7 +159,7 @@ def test_sparse_pieces_survive_a_restart_and_catch_corruption(tmp_path):
 
 
 def _streams_of(settings: PravegaSettings) -> list[str]:
-    from media.pravega_io import stream_manager
+    from pravega_workers.blocking import stream_manager
 
     return sorted(name for name in stream_manager(settings.controller_uri).list_stream(settings.scope)
                   if not name.startswith("_"))

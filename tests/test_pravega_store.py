@@ -19,7 +19,7 @@ import uuid
 import pytest
 
 from media.pravega_catalog import stream_prefix
-from media.pravega_io import stream_manager
+from pravega_workers.blocking import stream_manager
 from media.pravega_store import PravegaStore, ingest_into_pravega
 from media.store import NewVideo, NotFound, Unavailable
 from settings import settings_from_dict

@@ -18,7 +18,7 @@ import ujson
 from tornado.httpclient import AsyncHTTPClient
 from tornado.websocket import websocket_connect
 
-from media.pravega_io import EventReader, delete_scope, stream_manager
+from pravega_workers.blocking import EventReader, delete_scope, stream_manager
 from media.pravega_store import ingest_into_pravega
 from media.store import NewVideo
 from presence.pravega_link import PRESENCE_STREAM

@@ -6,7 +6,7 @@ is the request's id and the reply carries it back; for a follow worker it is
 the stream offset the message leaves the follower at.
 
 This module is the blocking side that worker processes use; the server reads
-the same frames without blocking (see :mod:`media.pravega_pool`).
+the same frames without blocking (see :mod:`pravega_workers.pool`).
 """
 
 from __future__ import annotations
@@ -24,9 +24,11 @@ RELEASE = 2  # {"reader"}: the read is over; not answered
 APPEND = 3  # one event to append to the followed stream, as is; not answered
 
 # Server -> appender worker; each is answered with DATA or ERROR.
-CREATE = 5  # JSON {"stream", "replacing"}: answered with JSON {"tail"}, see EventAppender.create
+CREATE = 5  # JSON {"stream"}: created (one segment) unless it exists; answered with JSON {"tail"}, its length
 APPEND_TO = 6  # the stream's name, b"\n", one event: appended and flushed; answered with no bytes
-DELETE = 7  # JSON {"prefix"}: every stream named prefix… sealed and deleted; answered with JSON {"deleted": [names]}
+# JSON {"prefix", "keep": [names]}: every stream named prefix… but those sealed and deleted;
+# answered with JSON {"deleted": [names]}
+DELETE = 7
 LIST = 8  # JSON {"prefix"}: answered with JSON {"streams": {name: tail}}, the streams named prefix… and their lengths
 
 # Reader and appender workers -> server.

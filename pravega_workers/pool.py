@@ -1,4 +1,4 @@
-"""The server's side of its Pravega worker processes (see :mod:`media.pravega_worker`).
+"""The server's side of its Pravega worker processes (see :mod:`pravega_workers.worker`).
 
 :class:`ReaderPool` reads byte ranges of streams; :class:`EventAppender`
 creates event streams and appends to them, and lists and deletes them.
@@ -10,7 +10,7 @@ read asks for its next chunk only when the last one was consumed, so what is
 buffered between the processes is at most one chunk per read in progress.
 
 A worker that does not answer within ``pravega.timeout`` is killed, every
-request waiting on it fails with :class:`Unavailable`, and a fresh process
+request waiting on it fails with a :class:`~pravega_workers.errors.PravegaError`, and a fresh process
 with a fresh client takes its place at once. A request's ``pravega.timeout``
 runs from when its worker is ready: starting Python and the client takes a
 second or so of CPU, which says nothing about Pravega, and has a bound of
@@ -28,17 +28,17 @@ import subprocess
 import sys
 import uuid
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Collection, Sequence
 
 import ujson
 
-from media import pravega_protocol as proto
-from media.store import NotFound, Unavailable
+from pravega_workers import protocol as proto
+from pravega_workers.errors import NOT_FOUND, UNAVAILABLE, PravegaError
 from settings import PravegaSettings
 
-log = logging.getLogger("binge.store")
+log = logging.getLogger("binge.pravega")
 
-# The repository root, so ``python -m media.pravega_worker`` finds this package
+# The repository root, so ``python -m pravega_workers.worker`` finds this package
 # whether or not it is installed.
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Bytes of requests a worker may leave untaken before it counts as stuck: a few pieces to append.
@@ -78,7 +78,7 @@ class Worker:
         ours, theirs = socket.socketpair()
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "media.pravega_worker", role, "--fd", str(theirs.fileno()),
+                [sys.executable, "-m", "pravega_workers.worker", role, "--fd", str(theirs.fileno()),
                  "--controller", settings.controller_uri, "--scope", settings.scope, *options],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
@@ -87,7 +87,7 @@ class Worker:
             )
         except OSError as e:
             ours.close()
-            raise Unavailable(f"cannot start a Pravega {role} worker: {e}") from None
+            raise PravegaError(UNAVAILABLE, f"cannot start a Pravega {role} worker: {e}") from None
         finally:
             theirs.close()
         self.sock = ours
@@ -102,7 +102,7 @@ class Worker:
     def send(self, kind: int, tag: int, payload: bytes = b"") -> None:
         """Queues a request without blocking; a worker that leaves ``MAX_QUEUED`` bytes untaken is stuck and is killed."""
         if self.dead:
-            raise Unavailable(f"the Pravega {self.role} worker is gone")
+            raise PravegaError(UNAVAILABLE, f"the Pravega {self.role} worker is gone")
         frame = proto.HEADER.pack(kind, tag, len(payload)) + payload
         if self._outgoing:
             self._outgoing += frame
@@ -113,7 +113,7 @@ class Worker:
                 sent = 0
             except OSError as e:
                 self.kill(f"cannot send to it: {e}")
-                raise Unavailable(f"the Pravega {self.role} worker is gone") from None
+                raise PravegaError(UNAVAILABLE, f"the Pravega {self.role} worker is gone") from None
             if sent == len(frame):
                 return
             # A piece to append outgrows the socket's buffer: the rest goes as the worker takes it.
@@ -121,7 +121,7 @@ class Worker:
             self._loop.add_writer(self.sock.fileno(), self._on_writable)
         if len(self._outgoing) > MAX_QUEUED:
             self.kill("it stopped taking requests")
-            raise Unavailable(f"the Pravega {self.role} worker is stuck")
+            raise PravegaError(UNAVAILABLE, f"the Pravega {self.role} worker is stuck")
 
     def _on_writable(self) -> None:
         try:
@@ -252,7 +252,7 @@ class WorkerSlot:
         return self.worker
 
     async def ready_worker(self) -> Worker:
-        """The slot's worker once it is ready; :class:`Unavailable` if it dies or overstays ``START_TIMEOUT`` first."""
+        """The slot's worker once it is ready; :class:`PravegaError` if it dies or overstays ``START_TIMEOUT`` first."""
         worker = self.ensure_worker()
         if not worker.ready:
             try:
@@ -261,7 +261,7 @@ class WorkerSlot:
             except TimeoutError:
                 worker.kill(f"not ready after {START_TIMEOUT:g}s")
             if not worker.ready:
-                raise Unavailable(f"the Pravega {self.role} worker did not start")
+                raise PravegaError(UNAVAILABLE, f"the Pravega {self.role} worker did not start")
         return worker
 
     async def request(self, kind: int, payload: bytes, what: str, into: memoryview | None = None) -> memoryview:
@@ -272,7 +272,7 @@ class WorkerSlot:
         self.pending[tag] = _Pending(future, into)
         try:
             worker.send(kind, tag, payload)
-        except Unavailable:
+        except PravegaError:
             self.pending.pop(tag, None)
             raise
         try:
@@ -280,14 +280,14 @@ class WorkerSlot:
                 return await future
         except TimeoutError:
             worker.kill(f"no answer in {self.settings.timeout:g}s")
-            raise Unavailable(f"Pravega did not answer {what} within {self.settings.timeout:g}s") from None
+            raise PravegaError(UNAVAILABLE, f"Pravega did not answer {what} within {self.settings.timeout:g}s") from None
 
     def tell(self, kind: int, payload: bytes) -> None:
         """Sends a request that is not answered, if the worker is there to take it."""
         if self.worker is not None and not self.worker.dead:
             try:
                 self.worker.send(kind, 0, payload)
-            except Unavailable:
+            except PravegaError:
                 pass  # the worker was stuck and is gone, and what the request was about with it
 
     def close(self) -> None:
@@ -309,8 +309,8 @@ class WorkerSlot:
             pending.future.set_result(payload)
         elif kind == proto.ERROR:
             error = ujson.loads(bytes(payload))
-            cls = NotFound if error.get("kind") == "not_found" else Unavailable
-            pending.future.set_exception(cls(error.get("message", "Pravega failed")))
+            kind = NOT_FOUND if error.get("kind") == NOT_FOUND else UNAVAILABLE
+            pending.future.set_exception(PravegaError(kind, error.get("message", "Pravega failed")))
         else:
             self.worker.kill(f"unexpected reply kind {kind}")
 
@@ -318,11 +318,11 @@ class WorkerSlot:
         pending, self.pending = self.pending, {}
         for p in pending.values():
             if not p.future.done():
-                p.future.set_exception(Unavailable(f"the Pravega {self.role} worker failed: {reason}"))
+                p.future.set_exception(PravegaError(UNAVAILABLE, f"the Pravega {self.role} worker failed: {reason}"))
         if not self.closed and self.worker is not None and self.worker.ready:
             try:
                 self.ensure_worker()
-            except Unavailable as e:
+            except PravegaError as e:
                 log.warning("%s", e)
 
 
@@ -391,21 +391,18 @@ class EventAppender:
     def close(self) -> None:
         self._slot.close()
 
-    async def create(self, stream: str, replacing: str = "") -> int:
-        """Creates ``stream`` unless it exists and returns its length in bytes.
-
-        Every other stream whose name starts with ``replacing`` (when given) is deleted.
-        """
-        request = ujson.dumps({"stream": stream, "replacing": replacing}).encode()
+    async def create(self, stream: str) -> int:
+        """Creates ``stream`` unless it exists and returns its length in bytes."""
+        request = ujson.dumps({"stream": stream}).encode()
         answer = await self._slot.request(proto.CREATE, request, f"creating {stream!r}")
         return ujson.loads(bytes(answer))["tail"]
 
     async def append(self, stream: str, event: bytes) -> None:
         await self._slot.request(proto.APPEND_TO, stream.encode() + b"\n" + event, f"an append to {stream!r}")
 
-    async def delete(self, prefix: str) -> list[str]:
-        """Seals and deletes every stream whose name starts with ``prefix``; returns their names."""
-        request = ujson.dumps({"prefix": prefix}).encode()
+    async def delete(self, prefix: str, keep: Collection[str] = ()) -> list[str]:
+        """Seals and deletes every stream whose name starts with ``prefix`` but those in ``keep``; returns their names."""
+        request = ujson.dumps({"prefix": prefix, "keep": list(keep)}).encode()
         answer = await self._slot.request(proto.DELETE, request, f"deleting the streams {prefix}…")
         return ujson.loads(bytes(answer))["deleted"]
 

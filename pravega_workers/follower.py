@@ -1,9 +1,9 @@
-"""Follows an event stream through a follow worker process (see :mod:`media.pravega_worker`).
+"""Follows an event stream through a follow worker process (see :mod:`pravega_workers.worker`).
 
 The worker replays the stream from its head, then sends each event as it is
 written, and appends what it is given. :class:`StreamFollower` keeps such a
-worker running and judges from its messages whether Pravega answers;
-:class:`CatalogFollower` builds the catalog from the ``catalog`` stream.
+worker running and judges from its messages whether Pravega answers; what
+the events mean is its subclasses' business.
 """
 
 from __future__ import annotations
@@ -11,17 +11,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable
 
 import ujson
 
-from media import pravega_protocol as proto
-from media.pravega_catalog import CATALOG_STREAM, StoredVideo, decode_record
-from media.pravega_pool import Worker
-from media.store import Unavailable
+from pravega_workers import protocol as proto
+from pravega_workers.errors import PravegaError
+from pravega_workers.pool import Worker
 from settings import PravegaSettings
 
-log = logging.getLogger("binge.store")
+log = logging.getLogger("binge.pravega")
 
 
 class StreamFollower:
@@ -30,7 +28,7 @@ class StreamFollower:
     Subclasses get the worker's messages as :meth:`on_reset` (a replay from
     the head follows), :meth:`on_record` and :meth:`on_caught_up`; they are
     called on the event loop. ``keep`` has the worker truncate the stream
-    (see :class:`media.pravega_worker.Truncator`).
+    (see :class:`pravega_workers.worker.Truncator`).
     """
 
     def __init__(self, settings: PravegaSettings, stream: str, poll: float, keep: float | None = None) -> None:
@@ -64,7 +62,7 @@ class StreamFollower:
             return False
         try:
             self._worker.send(proto.APPEND, 0, event)
-        except Unavailable:
+        except PravegaError:
             return False
         return True
 
@@ -82,7 +80,7 @@ class StreamFollower:
             if self.keep:
                 options += ["--keep", str(self.keep)]
             self._worker = Worker("follow", self.settings, self._on_frame, self._on_exit, options=options)
-        except Unavailable as e:
+        except PravegaError as e:
             self.failure = str(e)
             log.error("%s", e)
 
@@ -133,43 +131,3 @@ class StreamFollower:
 
     def on_caught_up(self) -> None:
         """Every event up to the tail, :attr:`position`, has been passed to :meth:`on_record`."""
-
-
-class CatalogFollower(StreamFollower):
-    """Follows the ``catalog`` stream and keeps :attr:`videos` as it says.
-
-    A replay (after a start or a failure) is gathered aside and replaces the
-    catalog only once it reaches the tail, so videos do not blink out while
-    it runs. ``on_change`` is called after each batch that changed something.
-    """
-
-    def __init__(self, settings: PravegaSettings, on_change: Callable[[dict[str, StoredVideo]], None]) -> None:
-        # Often enough that a new video shows within a second, rarely enough to cost nothing.
-        super().__init__(settings, CATALOG_STREAM, poll=min(0.5, settings.timeout / 4))
-        self.on_change = on_change
-        self.videos: dict[str, StoredVideo] = {}
-        self.caught_up = asyncio.Event()
-        self._staging: dict[str, StoredVideo] | None = None
-        self._changed = False
-
-    def on_reset(self) -> None:
-        self._staging = {}
-
-    def on_record(self, data: bytes) -> None:
-        stored = decode_record(data)
-        if stored is None:
-            return
-        if self._staging is not None:
-            self._staging[stored.record.id] = stored
-        else:
-            self.videos = {**self.videos, stored.record.id: stored}
-            self._changed = True
-
-    def on_caught_up(self) -> None:
-        if self._staging is not None:
-            self._changed = self._changed or self._staging != self.videos
-            self.videos, self._staging = self._staging, None
-        self.caught_up.set()
-        if self._changed:
-            self._changed = False
-            self.on_change(self.videos)

@@ -1,8 +1,8 @@
 """Blocking Pravega operations, with the client's ways of failing made into one exception.
 
-Only worker processes and the ingest command import this: every call here
-holds the GIL until Pravega answers, which can take minutes when it is
-unreachable (the client retries on its own).
+Only worker processes and commands (``binge-ingest``) import this: every
+call here holds the GIL until Pravega answers, which can take minutes when
+it is unreachable (the client retries on its own).
 
 What pravega_client 0.3.8 does, as found by experiment and in its source:
 
@@ -27,30 +27,22 @@ What pravega_client 0.3.8 does, as found by experiment and in its source:
 from __future__ import annotations
 
 import contextlib
-import struct
-from typing import Iterator
+import logging
+from typing import Collection, Iterator
 
 import pravega_client
 
-from media.pravega_catalog import CATALOG_STREAM, StoredVideo, decode_record
+from pravega_workers.errors import NOT_FOUND, UNAVAILABLE, PravegaError
+from pravega_workers.layout import split_events
+
+log = logging.getLogger("binge.pravega")
 
 # The most one readinto call fills, whatever the size of the buffer it is given.
 READ_PIECE = 512 * 1024
 # How much of an event stream one poll reads at most; a longer backlog takes several.
 _EVENTS_READ = 4 * 1024 * 1024
-# Pravega frames each event in a segment as a type code (0) and a length.
-_EVENT_HEADER = struct.Struct(">ii")
-_EVENT_TYPE = 0
 # Substrings of the client's error text that mean "no such stream", not "unreachable".
 _NOT_FOUND_SIGNS = ("NoSuchSegment", "status: NotFound", "SegmentIsTruncated")
-
-
-class PravegaError(Exception):
-    """A failed Pravega call; ``kind`` is "not_found" (the stream is gone) or "unavailable"."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
 
 
 @contextlib.contextmanager
@@ -64,7 +56,7 @@ def calling(what: str) -> Iterator[None]:
         raise
     except BaseException as e:  # PanicException is a BaseException
         message = f"{what}: {' '.join(str(e).split())[:500]}"
-        kind = "not_found" if any(sign in str(e) for sign in _NOT_FOUND_SIGNS) else "unavailable"
+        kind = NOT_FOUND if any(sign in str(e) for sign in _NOT_FOUND_SIGNS) else UNAVAILABLE
         raise PravegaError(kind, message) from None
 
 
@@ -87,6 +79,49 @@ def delete_stream(manager: pravega_client.StreamManager, scope: str, stream: str
     with calling(f"deleting stream {stream!r}"):
         manager.seal_stream(scope, stream)
         manager.delete_stream(scope, stream)
+
+
+def _names(manager: pravega_client.StreamManager, scope: str, prefix: str) -> list[str]:
+    with calling(f"listing the streams of {scope!r}"):
+        return [name for name in manager.list_stream(scope) if name.startswith(prefix)]
+
+
+def delete_streams(
+    manager: pravega_client.StreamManager, scope: str, prefix: str, keep: Collection[str] = ()
+) -> list[str]:
+    """Seals and deletes every stream named ``prefix…`` but those in ``keep``; returns their names.
+
+    A scope that does not exist has none.
+    """
+    if not prefix:
+        raise ValueError("deleting streams needs a prefix")
+    try:
+        names = [name for name in _names(manager, scope, prefix) if name not in keep]
+    except PravegaError as e:
+        if e.kind == NOT_FOUND:
+            return []
+        raise
+    for name in names:
+        delete_stream(manager, scope, name)
+    return names
+
+
+def list_streams(manager: pravega_client.StreamManager, scope: str, prefix: str) -> dict[str, int]:
+    """The streams named ``prefix…`` and their lengths in bytes; one that cannot be measured is left out."""
+    try:
+        names = _names(manager, scope, prefix)
+    except PravegaError as e:
+        if e.kind == NOT_FOUND:
+            return {}
+        raise
+    found = {}
+    for name in names:
+        try:
+            with calling(f"measuring {name!r}"):
+                found[name] = manager.create_byte_stream(scope, name).current_tail_offset()
+        except PravegaError as e:
+            log.warning("not listing %s: %s", name, e)
+    return found
 
 
 def delete_scope(manager: pravega_client.StreamManager, scope: str) -> None:
@@ -126,7 +161,7 @@ def read_range(
                 piece = bytearray(length - got)
             n = stream.readinto(piece)
             if n <= 0:
-                raise PravegaError("unavailable", f"read at offset {offset + got} returned nothing")
+                raise PravegaError(UNAVAILABLE, f"read at offset {offset + got} returned nothing")
             views.append(memoryview(piece)[:n])
             got += n
         return views
@@ -157,13 +192,13 @@ class EventReader:
     def read_new(self) -> tuple[list[tuple[int, bytes]], bool]:
         """Events written since the last call, each with the offset after it, and whether that reached the tail.
 
-        An event truncated away before it was read fails with kind "not_found".
+        An event truncated away before it was read fails with kind ``NOT_FOUND``.
         """
         with calling(f"reading the length of {self.name!r}"):
             tail = self._stream.current_tail_offset()
         read_from = self.position + len(self._partial)
         if tail < read_from:
-            raise PravegaError("unavailable", f"{self.name!r} shrank from {read_from} to {tail} bytes: recreated")
+            raise PravegaError(UNAVAILABLE, f"{self.name!r} shrank from {read_from} to {tail} bytes: recreated")
         if tail == read_from:
             return [], True
         length = min(tail - read_from, _EVENTS_READ)
@@ -171,7 +206,7 @@ class EventReader:
         try:
             events, used = split_events(data)
         except ValueError as e:
-            raise PravegaError("unavailable", f"{self.name!r}: {e}") from None
+            raise PravegaError(UNAVAILABLE, f"{self.name!r}: {e}") from None
         records = [(self.position + end, payload) for end, payload in events]
         self.position += used
         self._partial = bytes(data[used:])
@@ -184,37 +219,3 @@ class EventReader:
         """
         with calling(f"truncating {self.name!r} at {offset}"):
             self._stream.truncate(offset)
-
-
-def split_events(data: bytes | bytearray | memoryview) -> tuple[list[tuple[int, bytes]], int]:
-    """The complete events at the start of raw segment ``data``, each with the offset just past it.
-
-    Returns the events and how many bytes they took; bytes after that are
-    an event whose end has not been read yet.
-    """
-    events = []
-    pos = 0
-    while len(data) - pos >= _EVENT_HEADER.size:
-        kind, length = _EVENT_HEADER.unpack_from(data, pos)
-        if kind != _EVENT_TYPE or length < 0:
-            raise ValueError(f"not an event at offset {pos} of the data read (type {kind}, length {length})")
-        end = pos + _EVENT_HEADER.size + length
-        if end > len(data):
-            break
-        events.append((end, bytes(data[pos + _EVENT_HEADER.size : end])))
-        pos = end
-    return events, pos
-
-
-def replay_catalog(manager: pravega_client.StreamManager, scope: str) -> dict[str, StoredVideo]:
-    """The catalog as it stands now: the latest usable record of each id."""
-    reader = EventReader(manager, scope, CATALOG_STREAM)
-    videos: dict[str, StoredVideo] = {}
-    caught_up = False
-    while not caught_up:
-        records, caught_up = reader.read_new()
-        for _, data in records:
-            stored = decode_record(data)
-            if stored is not None:
-                videos[stored.record.id] = stored
-    return videos

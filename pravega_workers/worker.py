@@ -1,13 +1,13 @@
 """A process that does Pravega I/O for the server, which talks to it over a socket.
 
-    python -m media.pravega_worker reader --fd N --controller URI --scope S
-    python -m media.pravega_worker follow --fd N --controller URI --scope S --stream NAME [--poll S] [--keep S]
-    python -m media.pravega_worker appender --fd N --controller URI --scope S
+    python -m pravega_workers.worker reader --fd N --controller URI --scope S
+    python -m pravega_workers.worker follow --fd N --controller URI --scope S --stream NAME [--poll S] [--keep S]
+    python -m pravega_workers.worker appender --fd N --controller URI --scope S
 
 ``reader`` answers READ requests one at a time with the bytes asked for.
 ``appender`` creates event streams and appends events to them, keeping
 one writer per stream; it also lists and deletes streams by name prefix.
-``follow`` replays an event stream of one segment (the catalog, presence)
+``follow`` replays an event stream of one segment
 from its head, then polls its tail and sends each new event; between polls
 it appends the events the server sends it. After any failure it starts over
 with a fresh client and a full replay, which also covers a stream that was
@@ -37,10 +37,12 @@ import time
 
 import ujson
 
-from media import pravega_protocol as proto
-from media.pravega_io import (
-    EventReader, PravegaError, calling, delete_stream, ensure_event_stream, read_range, stream_manager,
+from pravega_workers import protocol as proto
+from pravega_workers.blocking import (
+    EventReader, PravegaError, calling, delete_streams, ensure_event_stream, list_streams, read_range,
+    stream_manager,
 )
+from pravega_workers.errors import NOT_FOUND
 
 log = logging.getLogger("binge.pravega.worker")
 
@@ -48,7 +50,7 @@ _PR_SET_PDEATHSIG = 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m media.pravega_worker")
+    parser = argparse.ArgumentParser(prog="python -m pravega_workers.worker")
     parser.add_argument("role", choices=("reader", "follow", "appender"))
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--controller", required=True)
@@ -91,7 +93,7 @@ class ByteStreamPool:
     store, and a player reads one video in many ranges, so a finished read
     leaves its stream object idle for the next read of that stream. Reads
     land in buffers of the pool's, kept for the next read (see
-    :func:`~media.pravega_io.read_range`).
+    :func:`~pravega_workers.blocking.read_range`).
     """
 
     def __init__(self, manager, scope: str, idle_limit: int = 16) -> None:
@@ -118,7 +120,7 @@ class ByteStreamPool:
         except PravegaError as e:
             # The object may be mid-read or broken: never hand it out again.
             del self._active[reader]
-            if e.kind != "not_found" or self._opened != opened:
+            if e.kind != NOT_FOUND or self._opened != opened:
                 raise
             # An object opened earlier finds no segment: the stream may have been deleted and created
             # again under its name since (a node's evicted pieces, fetched anew). Those are stale.
@@ -172,11 +174,7 @@ def serve_appends(sock: socket.socket, controller_uri: str, scope: str) -> None:
         kind, tag, payload = frame
         try:
             if kind == proto.CREATE:
-                request = ujson.loads(payload)
-                tail, deleted = create_stream(manager, scope, request["stream"], request["replacing"])
-                for name in deleted:
-                    writers.pop(name, None)
-                answer = ujson.dumps({"tail": tail})
+                answer = ujson.dumps({"tail": create_stream(manager, scope, ujson.loads(payload)["stream"])})
             elif kind == proto.APPEND_TO:
                 name, _, event = payload.partition(b"\n")
                 stream = name.decode()
@@ -193,7 +191,8 @@ def serve_appends(sock: socket.socket, controller_uri: str, scope: str) -> None:
                     raise
                 answer = ""
             elif kind == proto.DELETE:
-                deleted = delete_streams(manager, scope, ujson.loads(payload)["prefix"])
+                request = ujson.loads(payload)
+                deleted = delete_streams(manager, scope, request["prefix"], keep=request["keep"])
                 for name in deleted:
                     writers.pop(name, None)
                 answer = ujson.dumps({"deleted": deleted})
@@ -207,56 +206,11 @@ def serve_appends(sock: socket.socket, controller_uri: str, scope: str) -> None:
         proto.send_frame(sock, proto.DATA, tag, answer.encode())
 
 
-def create_stream(manager, scope: str, stream: str, replacing: str) -> tuple[int, list[str]]:
-    """Creates ``stream`` (one segment) unless it exists and deletes the other streams named ``replacing…``.
-
-    Returns the stream's length and the names deleted.
-    """
+def create_stream(manager, scope: str, stream: str) -> int:
+    """Creates ``stream`` (one segment) unless it exists, and returns its length."""
     ensure_event_stream(manager, scope, stream)
-    deleted = delete_streams(manager, scope, replacing, keep=stream) if replacing else []
     with calling(f"measuring {stream!r}"):
-        return manager.create_byte_stream(scope, stream).current_tail_offset(), deleted
-
-
-def _names(manager, scope: str, prefix: str) -> list[str]:
-    with calling(f"listing the streams of {scope!r}"):
-        return [name for name in manager.list_stream(scope) if name.startswith(prefix)]
-
-
-def delete_streams(manager, scope: str, prefix: str, keep: str | None = None) -> list[str]:
-    """Seals and deletes every stream named ``prefix…`` but ``keep``; returns their names.
-
-    A scope that does not exist has none.
-    """
-    if not prefix:
-        raise ValueError("deleting streams needs a prefix")
-    try:
-        names = [name for name in _names(manager, scope, prefix) if name != keep]
-    except PravegaError as e:
-        if e.kind == "not_found":
-            return []
-        raise
-    for name in names:
-        delete_stream(manager, scope, name)
-    return names
-
-
-def list_streams(manager, scope: str, prefix: str) -> dict[str, int]:
-    """The streams named ``prefix…`` and their lengths in bytes; one that cannot be measured is left out."""
-    try:
-        names = _names(manager, scope, prefix)
-    except PravegaError as e:
-        if e.kind == "not_found":
-            return {}
-        raise
-    found = {}
-    for name in names:
-        try:
-            with calling(f"measuring {name!r}"):
-                found[name] = manager.create_byte_stream(scope, name).current_tail_offset()
-        except PravegaError as e:
-            log.warning("not listing %s: %s", name, e)
-    return found
+        return manager.create_byte_stream(scope, stream).current_tail_offset()
 
 
 def follow_stream(
