@@ -7,7 +7,7 @@ import contextlib
 import logging
 from typing import BinaryIO
 
-from tornado.iostream import SSLIOStream, StreamClosedError
+from tornado.iostream import StreamClosedError
 
 from handlers import tornado_internals
 from handlers.base import ApiError, BaseHandler
@@ -85,7 +85,7 @@ class StreamHandler(BaseHandler):
     async def _write_body(self, video: VideoRecord, plan: ResponsePlan) -> None:
         store = self.application.store
         file = store.open_file(video)
-        if file is not None and not isinstance(self.request.connection.stream, SSLIOStream):
+        if file is not None and tornado_internals.sends_plain(self.request.connection):
             with file:
                 await self._send_file(file, plan.byte_range)
         else:
@@ -104,13 +104,14 @@ class StreamHandler(BaseHandler):
         sent = 0
         try:
             await self.flush()
-            if connection.stream.closed():
+            sock = tornado_internals.socket_of(connection)
+            if sock is None:
                 return  # the client hung up meanwhile
             # asyncio watches the socket while sendfile waits, through a
             # duplicate: Tornado closes its own the moment the client hangs up,
             # and asyncio left watching a closed fd number (which the next
             # connection may reuse) breaks that connection's registration.
-            with connection.stream.socket.dup() as out:
+            with sock.dup() as out:
                 while sent < byte_range.length:
                     count = min(SENDFILE_SEGMENT, byte_range.length - sent)
                     async with asyncio.timeout(self.application.config.server.stall_timeout):

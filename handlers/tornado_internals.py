@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import socket
 import struct
 
 import tornado.web
@@ -31,6 +32,22 @@ def response_header(handler: tornado.web.RequestHandler, name: str, default: str
 def reason(handler: tornado.web.RequestHandler) -> str:
     """The reason phrase of the handler's status, as the last set_status gave it or its default."""
     return handler._reason
+
+
+def sends_plain(connection: HTTP1Connection) -> bool:
+    """Whether bytes written to the connection's socket reach the client as they are: not over TLS,
+    where they must go through the stream to be encrypted."""
+    return not isinstance(connection.stream, SSLIOStream)
+
+
+def socket_of(connection: HTTP1Connection) -> socket.socket | None:
+    """The connection's socket, to send on past the connection (sendfile(2)); None once the client hung up.
+
+    Only once what the connection was given has gone out (after an awaited
+    flush()): bytes sent here would otherwise overtake it.
+    """
+    stream = connection.stream
+    return None if stream.closed() else stream.socket
 
 
 def body_sent_around(connection: HTTP1Connection, size: int) -> None:

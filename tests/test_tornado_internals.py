@@ -11,14 +11,22 @@ import asyncio
 import base64
 import os
 import socket
+import ssl
+import subprocess
 
 import pytest
+import tornado.httpserver
 import tornado.web
 import tornado.websocket
+from tornado.httpclient import HTTPRequest
+from tornado.simple_httpclient import HTTPStreamClosedError
 from tornado.httputil import HTTPOutputError
+from tornado.testing import bind_unused_port
 from tornado.websocket import WebSocketClosedError, websocket_connect
 
-from handlers.tornado_internals import body_sent_around, reason, response_header, text_frame, write_shared_text
+from handlers.tornado_internals import (
+    body_sent_around, reason, response_header, sends_plain, socket_of, text_frame, write_shared_text,
+)
 from tests.loopback import until
 
 BODY = b"hello"
@@ -44,13 +52,27 @@ class SentAround(tornado.web.RequestHandler):
         connection = self.request.connection
         self.set_header("Content-Length", len(BODY))
         await self.flush()
-        connection.stream.socket.send(BODY)
+        socket_of(connection).send(BODY)
         if self.get_query_argument("counted") == "1":
             body_sent_around(connection, len(BODY))
         try:
             self.finish()
         except HTTPOutputError as e:
             self.application.seen["error"] = str(e)
+
+
+class Plain(tornado.web.RequestHandler):
+    """Notes whether its connection sends plain bytes, and its socket; with ``?close=1``, what socket_of gives once closed."""
+
+    def get(self) -> None:
+        connection = self.request.connection
+        self.application.seen["plain"] = sends_plain(connection)
+        self.application.seen["socket"] = socket_of(connection)
+        if self.get_query_argument("close", "") == "1":
+            connection.close()
+            self.application.seen["socket after close"] = socket_of(connection)
+        else:
+            self.finish("ok")
 
 
 class SharedText(tornado.websocket.WebSocketHandler):
@@ -69,9 +91,32 @@ class SharedText(tornado.websocket.WebSocketHandler):
 
 @pytest.fixture
 def app():
-    application = tornado.web.Application([("/recorded", Recorded), ("/around", SentAround), ("/ws", SharedText)])
+    application = tornado.web.Application(
+        [("/recorded", Recorded), ("/around", SentAround), ("/plain", Plain), ("/ws", SharedText)])
     application.seen = {}
     return application
+
+
+@pytest.fixture(scope="module")
+def tls_context(tmp_path_factory) -> ssl.SSLContext:
+    """A server context with a self-signed certificate for 127.0.0.1, made by openssl(1)."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-keyout", key, "-out", cert], check=True, capture_output=True)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+@pytest.fixture
+def tls_port(app, io_loop, tls_context):
+    """The port of the same app served over TLS."""
+    sock, port = bind_unused_port()
+    server = tornado.httpserver.HTTPServer(app, ssl_options=tls_context)
+    server.add_sockets([sock])
+    yield port
+    server.stop()
 
 
 @pytest.mark.gen_test
@@ -122,6 +167,17 @@ async def test_uncounted_the_connection_takes_the_body_for_short_and_closes(app,
     assert "less than Content-Length" in app.seen["error"]
 
 
+@pytest.mark.gen_test
+async def test_sockets_are_plain_without_tls_and_none_once_closed(app, http_client, base_url, tls_port):
+    await http_client.fetch(base_url + "/plain")
+    assert app.seen["plain"] is True and isinstance(app.seen["socket"], socket.socket)
+    await http_client.fetch(f"https://127.0.0.1:{tls_port}/plain", validate_cert=False)
+    assert app.seen["plain"] is False  # over TLS the bytes must go through the stream
+    with pytest.raises(HTTPStreamClosedError):
+        await http_client.fetch(base_url + "/plain?close=1")
+    assert app.seen["socket after close"] is None
+
+
 def test_a_text_frame_is_rfc_6455s_and_built_once_per_payload():
     for size, header in [(125, b"\x81\x7d"), (126, b"\x81\x7e\x00\x7e"), (70000, b"\x81\x7f" + (70000).to_bytes(8, "big"))]:
         payload = os.urandom(size)
@@ -138,6 +194,14 @@ async def test_shared_text_reaches_tornados_own_client_and_is_done_at_once(app, 
         assert app.seen["future"].done()
         conn.close()
         await until(lambda: app.seen.pop("closed", None), 5, "the server to see the close")
+
+
+@pytest.mark.gen_test
+async def test_shared_text_goes_through_the_stream_over_tls(app, tls_port):
+    request = HTTPRequest(f"wss://127.0.0.1:{tls_port}/ws?size=70000", validate_cert=False)
+    conn = await websocket_connect(request)
+    assert await conn.read_message() == "x" * 70000
+    conn.close()
 
 
 @pytest.mark.gen_test(timeout=20)
