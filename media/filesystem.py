@@ -29,6 +29,7 @@ from media.store import (
     Store,
     Unavailable,
     VideoRecord,
+    poster_url,
 )
 from settings import StorageSettings
 
@@ -128,11 +129,6 @@ class FilesystemStore(Store):
                 lang = middle or "en"
                 if all(t.lang != lang for t in captions):
                     captions.append(CaptionTrack(lang, language_label(lang), fmt.lower()))
-        poster_url = meta.get("poster") if isinstance(meta.get("poster"), str) else None
-        has_poster = f"{video_id}.jpg" in entries
-        if poster_url and not poster_url.startswith(("http://", "https://", "/")):
-            # A relative name in the metadata points at a file beside the video.
-            has_poster, poster_url = poster_url == f"{video_id}.jpg" and has_poster, None
         duration = meta.get("durationSeconds")
         if not isinstance(duration, (int, float)) or isinstance(duration, bool):
             duration = self._probe_duration(entry.path, stamp)
@@ -146,8 +142,8 @@ class FilesystemStore(Store):
             last_modified=st.st_mtime,
             duration_seconds=float(duration) if duration is not None else None,
             captions=tuple(sorted(captions, key=lambda t: t.lang)),
-            poster_url=poster_url,
-            has_poster=has_poster,
+            poster_url=poster_url(meta),
+            has_poster=f"{video_id}.jpg" in entries,
             metadata=meta,
             locator=entry.name,
         )

@@ -20,7 +20,9 @@ from typing import Callable
 import ujson
 
 import atomic_write
-from media.store import CAPTION_FORMATS, LANGUAGE_TAG, VIDEO_TYPES, InvalidInput, NewVideo, check_video_id
+from media.store import (
+    CAPTION_FORMATS, LANGUAGE_TAG, VIDEO_TYPES, InvalidInput, NewVideo, check_captions, check_video_id,
+)
 from settings import Settings
 
 _COPY_CHUNK = 1024 * 1024
@@ -37,9 +39,7 @@ def write_into_folder(folder: str, item: NewVideo, progress: Callable[[int], Non
     ``progress`` is called with the number of video bytes copied so far.
     """
     check_video_id(item.id)
-    for lang, (_, fmt) in item.captions.items():
-        if not LANGUAGE_TAG.match(lang) or fmt not in CAPTION_FORMATS:
-            raise InvalidInput(f"captions {lang!r} ({fmt!r}): need a language tag and srt or vtt")
+    check_captions(item.captions)
     video_name = f"{item.id}.{_extension(item)}"
     files = {f"{item.id}.{lang}.{fmt}": data for lang, (data, fmt) in item.captions.items()}
     if item.poster is not None:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import ujson
 
-from media.store import VIDEO_TYPES, CaptionTrack, VideoRecord
+from media.store import VIDEO_TYPES, CaptionTrack, VideoRecord, poster_url
 from pravega_workers.layout import name_prefix
 
 log = logging.getLogger("binge.store")
@@ -134,10 +134,6 @@ def _stored_video(raw: dict) -> StoredVideo:
     metadata = raw.get("metadata") or {}
     poster = _extent(raw["poster"]) if raw.get("poster") else None
     captions = {c["lang"]: (CaptionTrack(c["lang"], c["label"], c["format"]), _extent(c)) for c in raw["captions"]}
-    # A poster URL in the metadata is shown when the store holds no poster of its own.
-    poster_url = metadata.get("poster") if isinstance(metadata.get("poster"), str) else None
-    if poster_url and not poster_url.startswith(("http://", "https://", "/")):
-        poster_url = None
     duration = raw.get("durationSeconds")
     written_at = float(raw["writtenAt"])
     record = VideoRecord(
@@ -150,7 +146,7 @@ def _stored_video(raw: dict) -> StoredVideo:
         last_modified=written_at,
         duration_seconds=float(duration) if isinstance(duration, (int, float)) else None,
         captions=tuple(track for track, _ in captions.values()),
-        poster_url=poster_url,
+        poster_url=poster_url(metadata),
         has_poster=poster is not None,
         metadata=metadata,
         locator=stream,

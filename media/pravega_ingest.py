@@ -27,20 +27,21 @@ from typing import Callable
 import ujson
 
 from media.filesystem import language_label
-from media.store import CAPTION_FORMATS, LANGUAGE_TAG
 from media.pravega_catalog import (
     CATALOG_STREAM,
     Extent,
+    StoredVideo,
     decode_record,
     encode_record,
     stream_prefix,
     video_stream_name,
 )
-from media.pravega_catalog import StoredVideo
+from media.store import (
+    VIDEO_TYPES, CaptionTrack, InvalidInput, NewVideo, Unavailable, VideoRecord, check_captions, check_video_id,
+)
 from pravega_workers.blocking import (
     EventReader, PravegaError, calling, delete_streams, ensure_event_stream, stream_manager,
 )
-from media.store import VIDEO_TYPES, CaptionTrack, InvalidInput, NewVideo, Unavailable, VideoRecord, check_video_id
 from settings import Settings
 
 log = logging.getLogger("binge.ingest")
@@ -103,9 +104,7 @@ def _check(item: NewVideo) -> None:
     check_video_id(item.id)
     if item.mime_type not in VIDEO_TYPES.values():
         raise InvalidInput(f"video {item.id!r}: {item.mime_type!r} is not a type the store serves")
-    for lang, (_, fmt) in item.captions.items():
-        if not LANGUAGE_TAG.match(lang) or fmt not in CAPTION_FORMATS:
-            raise InvalidInput(f"captions {lang!r} ({fmt!r}): need a language tag and srt or vtt")
+    check_captions(item.captions)
 
 
 def _digest(item: NewVideo) -> str:

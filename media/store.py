@@ -73,6 +73,24 @@ def check_video_id(video_id: str) -> str:
     return video_id
 
 
+def check_captions(captions: dict[str, tuple[bytes, str]]) -> None:
+    """``InvalidInput`` unless every caption file (``lang -> (bytes, format)``) has a language tag and a format we read."""
+    for lang, (_, fmt) in captions.items():
+        if not LANGUAGE_TAG.match(lang) or fmt not in CAPTION_FORMATS:
+            raise InvalidInput(f"captions {lang!r} ({fmt!r}): need a language tag and srt or vtt")
+
+
+def poster_url(metadata: dict) -> str | None:
+    """The poster URL a video's metadata gives: absolute, or a path on this server; else None.
+
+    A relative name (``alpha.jpg``) is not one: the store's own poster, if
+    it holds one, is served at ``/videos/{id}/poster`` whatever the metadata
+    calls it.
+    """
+    url = metadata.get("poster")
+    return url if isinstance(url, str) and url.startswith(("http://", "https://", "/")) else None
+
+
 @dataclass(frozen=True)
 class CaptionTrack:
     lang: str

@@ -23,20 +23,18 @@ logged once), so a node whose upstream is set right again recovers.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from typing import Callable
 
 import ujson
 
-import api_paths
-from media.store import CaptionTrack, InvalidInput, NotFound, StoreError, Unavailable, VideoRecord, check_video_id
+from media.catalog import LIVE_FIELDS, record_from_json
+from media.store import InvalidInput, NotFound, StoreError, Unavailable, VideoRecord
 from peers import hops
 from peers.upstream import Upstream
 
 log = logging.getLogger("binge.peers")
-
-# Fields of a video object that change with its viewers, not with the video.
-LIVE_FIELDS = ("activeUsers", "viewers")
 
 
 class UpstreamCatalog:
@@ -129,38 +127,10 @@ class UpstreamCatalog:
             self.on_change()
 
     async def _record(self, obj: dict) -> VideoRecord:
-        fields = _fields(obj)
+        record = record_from_json(obj, self.upstream.url)
         key = ujson.dumps({k: v for k, v in obj.items() if k not in LIVE_FIELDS}, sort_keys=True)
-        known = self._validators.get(fields["id"])
+        known = self._validators.get(record.id)
         if known is None or known[0] != key:
-            known = (key, *await self.upstream.validators(fields["id"]))
-            self._validators[fields["id"]] = known
-        poster = self._poster(fields["id"], obj.get("poster"))
-        return VideoRecord(etag=known[1], last_modified=known[2], **fields, **poster)
-
-    def _poster(self, video_id: str, poster: object) -> dict:
-        if not isinstance(poster, str):
-            return {}
-        if poster == api_paths.POSTER(video_id=video_id):
-            return {"has_poster": True}
-        # A path of the upstream's own becomes a URL on it; a URL stays as it is.
-        return {"poster_url": f"{self.upstream.url}{poster}" if poster.startswith("/") else poster}
-
-
-def _fields(obj: dict) -> dict:
-    """The record fields a video object gives; InvalidInput if it is not one."""
-    try:
-        video_id = check_video_id(obj["id"])
-        name, size, mime_type = obj["name"], obj["size"], obj["mimeType"]
-        duration = obj.get("durationSeconds")
-        captions = tuple(CaptionTrack(c["lang"], c["label"], "vtt") for c in obj.get("captions") or ())
-    except (KeyError, TypeError) as e:
-        raise InvalidInput(f"{obj.get('id')!r}: missing or malformed {e}") from None
-    if not isinstance(name, str) or not isinstance(mime_type, str) or not isinstance(size, int) or size < 0:
-        raise InvalidInput(f"{video_id!r}: name, size or mimeType is malformed")
-    if not all(isinstance(t.lang, str) and isinstance(t.label, str) for t in captions):
-        raise InvalidInput(f"{video_id!r}: malformed captions")
-    if not isinstance(duration, (int, float)) or isinstance(duration, bool):
-        duration = None
-    return {"id": video_id, "name": name, "size": size, "mime_type": mime_type,
-            "duration_seconds": duration, "captions": captions}
+            known = (key, *await self.upstream.validators(record.id))
+            self._validators[record.id] = known
+        return dataclasses.replace(record, etag=known[1], last_modified=known[2])
