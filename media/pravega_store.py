@@ -61,12 +61,14 @@ class PravegaStore(Store):
     async def start(self) -> None:
         """Starts the workers and waits for the catalog's first replay.
 
-        A Pravega that does not answer within ``pravega.timeout`` does not
-        hold the server up: it starts with an empty catalog, reports itself
-        degraded, and fills the catalog when Pravega comes.
+        A Pravega that does not answer within ``pravega.timeout`` (from when
+        the follow worker is up) does not hold the server up: it starts with
+        an empty catalog, reports itself degraded, and fills the catalog when
+        Pravega comes.
         """
         self._readers.start()
         self._follower.start()
+        await self._follower.started()
         try:
             async with asyncio.timeout(self.settings.timeout):
                 await self._follower.caught_up.wait()

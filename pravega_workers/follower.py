@@ -9,6 +9,7 @@ the events mean is its subclasses' business.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -16,7 +17,7 @@ import ujson
 
 from pravega_workers import protocol as proto
 from pravega_workers.errors import PravegaError
-from pravega_workers.pool import Worker
+from pravega_workers.pool import START_TIMEOUT, Worker
 from settings import PravegaSettings
 
 log = logging.getLogger("binge.pravega")
@@ -55,6 +56,16 @@ class StreamFollower:
             await asyncio.gather(self._watchdog, return_exceptions=True)
         if self._worker:
             await self._worker.finish(grace, "closed")
+
+    async def started(self) -> None:
+        """Returns once the worker is up, or has failed to come up within ``START_TIMEOUT``.
+
+        What is timed after this is Pravega's answer, not the start of a process.
+        """
+        if self._worker is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(START_TIMEOUT):
+                    await self._worker.started.wait()
 
     def append(self, event: bytes) -> bool:
         """Has the worker append ``event`` once caught up; False when no worker is there to take it."""

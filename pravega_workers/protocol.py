@@ -34,7 +34,7 @@ LIST = 8  # JSON {"prefix"}: answered with JSON {"streams": {name: tail}}, the s
 # Reader and appender workers -> server.
 DATA = 16  # exactly the bytes asked for, or the answer described above
 ERROR = 17  # JSON {"kind": "unavailable" | "not_found", "message"}
-READY = 18  # the worker has made its client and takes requests; sent once, first, with tag 0 and no payload
+READY = 18  # the worker is up and takes requests; sent once, first, with tag 0 and no payload
 
 # Follow worker -> server.
 RESET = 32  # a replay from the stream's head follows

@@ -217,6 +217,7 @@ def follow_stream(
     sock: socket.socket, controller_uri: str, scope: str, stream: str, poll: float, keep: float | None
 ) -> None:
     """Follows ``stream`` and appends to it until the server closes the socket."""
+    proto.send_frame(sock, proto.READY, 0)
     while True:
         try:
             manager = stream_manager(controller_uri)
