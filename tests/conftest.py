@@ -17,6 +17,7 @@ import uuid
 
 import pytest
 
+import backends
 from media.probe import poster_jpeg, probe
 from media.sample import make_video, write_srt
 from media.store import NewVideo
@@ -111,11 +112,7 @@ def config(request, tmp_path, sample_videos):
 @pytest.fixture
 def ingest(config):
     """Adds a NewVideo to the running app's store, as the ingest command would."""
-    if config.storage.backend == "pravega":
-        from media.pravega_store import ingest_into_pravega as into_store
-    else:
-        from media.filesystem_ingest import ingest_into_library as into_store
-    return lambda item: into_store(config, item, lambda done: None)
+    return lambda item: backends.ingest(config, item, lambda done: None)
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tornado.netutil import bind_sockets
 
+import backends
 from tests.conftest import make_config
 
 ANSWER_TIMEOUT = 5.0
@@ -123,17 +124,13 @@ def served(request, tmp_path_factory, sample_videos):
     (root / "library").mkdir()
     (root / "secret.txt").write_bytes(b"the secret is " + SECRET)
     if request.param == "filesystem":
-        from media.filesystem_ingest import ingest_into_library as ingest
-
         config = make_config(root)
     else:
-        from media.pravega_store import ingest_into_pravega as ingest
-
         uri = request.getfixturevalue("controller_uri")
         config = make_config(root, storage={"backend": "pravega", "library": str(root / "library")},
                              pravega={"controller_uri": uri, "scope": f"fuzz-{uuid.uuid4().hex[:12]}"})
     for item in sample_videos:
-        ingest(config, item, lambda done: None)
+        backends.ingest(config, item, lambda done: None)
     server = Served(config)
     server.root = root
     yield server
