@@ -3,8 +3,8 @@
 A websocket client gets ``{"type": "welcome", "socketId"}``, then
 ``{"type": "presence", "version", "presence"}`` after its own arrival and
 after every change (coalesced, see :mod:`presence.broadcast`). It may send
-``{"type": "watch", "video": ID[, "peer": URL]}`` and ``{"type": "leave"}``,
-which only ever change its own entry; anything else gets
+``{"type": "watch", "video": ID[, "peer": URL]}`` and ``{"type": "leave"}``
+(checked by :mod:`presence.messages`), which only ever change its own entry; anything else gets
 ``{"type": "error", "error"}`` and the socket stays open, except a client
 that keeps flooding, which is closed with 1008. One client address may hold
 ``limits.sockets_per_ip`` sockets; one more is refused before its upgrade
@@ -18,10 +18,7 @@ With ``?changes=1`` on its URL, a client gets that first presence and then
 
 from __future__ import annotations
 
-import ipaddress
 import secrets
-from typing import Any
-from urllib.parse import urlsplit
 
 import tornado.websocket
 import ujson
@@ -30,6 +27,7 @@ from handlers import tornado_internals
 from handlers.base import BaseHandler
 from ops.limits import TokenBucket, Verdict
 from presence.broadcast import encode
+from presence.messages import BadMessage, Watch, parse_message
 
 # Frames up to this many times presence.max_message_bytes are read and
 # answered with an error; bigger ones are refused by the websocket protocol
@@ -37,33 +35,6 @@ from presence.broadcast import encode
 FRAME_LIMIT_FACTOR = 4
 
 POLICY_VIOLATION = 1008
-
-
-class BadMessage(Exception):
-    """A client message we refuse; the text goes back to the client."""
-
-
-def check_peer(url: Any, client_ip: str) -> str:
-    """``url`` if it is an http(s) URL whose host is the client's own address; else BadMessage.
-
-    A client may only name itself as a peer: otherwise anyone could send other
-    viewers to a host of their choosing.
-    """
-    if not isinstance(url, str):
-        raise BadMessage("'peer' must be a URL")
-    try:
-        parts = urlsplit(url)  # raises ValueError too, on a broken IPv6 host ("http://[::1")
-        host = ipaddress.ip_address(parts.hostname or "")
-        same = host == ipaddress.ip_address(client_ip)
-    except ValueError:
-        refused = True
-    else:
-        # A URL is printable ASCII. Anything else goes into every presence
-        # broadcast; a lone surrogate ("\ud800") would make each one fail to encode.
-        refused = parts.scheme not in ("http", "https") or not same or not (url.isascii() and url.isprintable())
-    if refused:
-        raise BadMessage(f"'peer' must be an http(s) URL whose host is your address {client_ip}")
-    return url
 
 
 class PresenceHandler(BaseHandler, tornado.websocket.WebSocketHandler):
@@ -155,28 +126,12 @@ class PresenceHandler(BaseHandler, tornado.websocket.WebSocketHandler):
         super().close(code, reason)
 
     def _apply(self, message: str | bytes) -> None:
-        limit = self.application.config.presence.max_message_bytes
-        size = len(message) if isinstance(message, bytes) else len(message.encode())
-        if size > limit:
-            raise BadMessage(f"message too large: {size} bytes, at most {limit}")
-        try:
-            msg = ujson.loads(message)
-        except ValueError:
-            raise BadMessage("message is not JSON") from None
-        if not isinstance(msg, dict):
-            raise BadMessage("a message must be a JSON object")
-        presence = self.application.presence
-        kind = msg.get("type")
-        if kind == "watch":
-            video = msg.get("video")
-            if not isinstance(video, str) or video not in self.application.store.videos():
-                raise BadMessage(f"unknown video {video!r}")
-            peer = check_peer(msg["peer"], self.ip) if "peer" in msg else None
-            presence.watch(self.socket_id, video, peer)
-        elif kind == "leave":
-            presence.leave(self.socket_id)
+        app = self.application
+        parsed = parse_message(message, app.config.presence.max_message_bytes, app.store.videos, self.ip)
+        if isinstance(parsed, Watch):
+            app.presence.watch(self.socket_id, parsed.video, parsed.peer)
         else:
-            raise BadMessage(f"unknown message type {kind!r}")
+            app.presence.leave(self.socket_id)
 
     def _send(self, message: dict) -> None:
         self._broadcaster.send(self, encode(message))

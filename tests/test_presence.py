@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
-from handlers.presence import BadMessage, check_peer
 from ops.limits import TokenBucket, Verdict
 from presence.broadcast import Broadcaster
+from presence.messages import BadMessage, check_peer
 from presence.state import Change, Presence, SocketState
 from settings import PresenceSettings
 from tests.conftest import make_config

@@ -1,0 +1,82 @@
+"""What a presence client may send, checked before it touches presence.
+
+A client message is a JSON object of at most ``presence.max_message_bytes``:
+``{"type": "watch", "video": ID[, "peer": URL]}`` for a video of the
+catalog, where the peer, if named, is the client itself, or
+``{"type": "leave"}``. Anything else is a :class:`BadMessage`, whose text
+goes back to the client.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any, Callable, Container
+from urllib.parse import urlsplit
+
+import ujson
+
+
+class BadMessage(Exception):
+    """A client message we refuse; the text goes back to the client."""
+
+
+@dataclass(frozen=True)
+class Watch:
+    video: str
+    peer: str | None
+
+
+@dataclass(frozen=True)
+class Leave:
+    pass
+
+
+def parse_message(
+    message: str | bytes, limit: int, videos: Callable[[], Container[str]], client_ip: str,
+) -> Watch | Leave:
+    """The message a client at ``client_ip`` sent; BadMessage if it is not one it may send.
+
+    ``videos`` gives the catalog's ids; it is asked only of a watch message.
+    """
+    size = len(message) if isinstance(message, bytes) else len(message.encode())
+    if size > limit:
+        raise BadMessage(f"message too large: {size} bytes, at most {limit}")
+    try:
+        msg = ujson.loads(message)
+    except ValueError:
+        raise BadMessage("message is not JSON") from None
+    if not isinstance(msg, dict):
+        raise BadMessage("a message must be a JSON object")
+    kind = msg.get("type")
+    if kind == "watch":
+        video = msg.get("video")
+        if not isinstance(video, str) or video not in videos():
+            raise BadMessage(f"unknown video {video!r}")
+        return Watch(video, check_peer(msg["peer"], client_ip) if "peer" in msg else None)
+    if kind == "leave":
+        return Leave()
+    raise BadMessage(f"unknown message type {kind!r}")
+
+
+def check_peer(url: Any, client_ip: str) -> str:
+    """``url`` if it is an http(s) URL whose host is the client's own address; else BadMessage.
+
+    A client may only name itself as a peer: otherwise anyone could send other
+    viewers to a host of their choosing.
+    """
+    if not isinstance(url, str):
+        raise BadMessage("'peer' must be a URL")
+    try:
+        parts = urlsplit(url)  # raises ValueError too, on a broken IPv6 host ("http://[::1")
+        host = ipaddress.ip_address(parts.hostname or "")
+        same = host == ipaddress.ip_address(client_ip)
+    except ValueError:
+        refused = True
+    else:
+        # A URL is printable ASCII. Anything else goes into every presence
+        # broadcast; a lone surrogate ("\ud800") would make each one fail to encode.
+        refused = parts.scheme not in ("http", "https") or not same or not (url.isascii() and url.isprintable())
+    if refused:
+        raise BadMessage(f"'peer' must be an http(s) URL whose host is your address {client_ip}")
+    return url
