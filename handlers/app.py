@@ -79,10 +79,12 @@ class BingeApp(tornado.web.Application):
         # and serves its upstream's manifests; an origin hashes its videos
         # into manifests in the background, so that nodes find them ready.
         store.join(self.presence, self.metrics)
-        self.manifests: UpstreamManifests | ManifestCache | None = store.upstream_manifests()
-        if self.manifests is None:
-            hashed = self.manifests = ManifestCache(store, config.storage.cache_dir, config.peer.piece_size)
-            hashed.follow_catalog()
+        self.manifests: UpstreamManifests | ManifestCache = store.upstream_manifests() or self._hash_manifests()
+
+    def _hash_manifests(self) -> ManifestCache:
+        cache = ManifestCache(self.store, self.config.storage.cache_dir, self.config.peer.piece_size)
+        cache.follow_catalog()
+        return cache
 
     def log_request(self, handler: tornado.web.RequestHandler) -> None:
         """Writes the request's access line and counts it by route and status."""
