@@ -17,6 +17,7 @@ from typing import Awaitable
 
 import tornado.web
 
+import api_paths
 from handlers import tornado_internals
 from handlers.base import allowed_methods, stamp_date
 from handlers.catalog import CatalogHandler
@@ -71,7 +72,12 @@ def initials(name: str) -> str:
     return "".join(w[0] for w in words[:2]).upper() or "?"
 
 
-TEMPLATE_HELPERS = {f.__name__: f for f in (clock, size_text, viewers_text, hue, initials)}
+def watch_path(video_id: str) -> str:
+    """The path of a video's player page."""
+    return api_paths.WATCH_PAGE(video_id=video_id)
+
+
+TEMPLATE_HELPERS = {f.__name__: f for f in (clock, size_text, viewers_text, hue, initials, watch_path)}
 
 
 class StaticFiles(tornado.web.StaticFileHandler):
