@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import os
 import socket
 import ssl
 import subprocess
+import tracemalloc
 
 import pytest
 import tornado.httpserver
@@ -75,12 +77,19 @@ class Plain(tornado.web.RequestHandler):
             self.finish("ok")
 
 
+@functools.lru_cache(maxsize=1)
+def payload(size: int) -> bytes:
+    """``size`` bytes, one object for every socket sent them, as a broadcast hands out."""
+    return b"x" * size
+
+
 class SharedText(tornado.websocket.WebSocketHandler):
-    """Sends ``?size=`` bytes with write_shared_text on opening; notes the future, and what a write after closing does."""
+    """Sends ``?size=`` bytes with write_shared_text on opening; notes the futures, and what a write after closing does."""
 
     def open(self) -> None:
-        payload = b"x" * int(self.get_query_argument("size"))
-        self.application.seen["future"] = write_shared_text(self, payload)
+        future = write_shared_text(self, payload(int(self.get_query_argument("size"))))
+        self.application.seen["future"] = future
+        self.application.seen.setdefault("futures", []).append(future)
 
     def on_close(self) -> None:
         try:
@@ -204,20 +213,30 @@ async def test_shared_text_goes_through_the_stream_over_tls(app, tls_port):
     conn.close()
 
 
-@pytest.mark.gen_test(timeout=20)
-async def test_shared_text_the_socket_cannot_take_waits_in_the_stream_until_read(app, http_server, http_port):
-    # Far more than the server's send buffer (4 MiB at most by default on
-    # Linux) and the client's small receive buffer hold together.
-    size = 16 * 1024 * 1024
+# Far more than the server's send buffer (4 MiB at most by default on Linux)
+# and a stalled client's small receive buffer hold together.
+UNTAKEN = 16 * 1024 * 1024
+
+
+async def stalled_websocket(port: int, size: int) -> socket.socket:
+    """A websocket on a bare socket with a small receive buffer, asking for ``size`` bytes; it reads nothing yet."""
     loop = asyncio.get_running_loop()
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.setblocking(False)
-    await loop.sock_connect(sock, ("127.0.0.1", http_port))
+    await loop.sock_connect(sock, ("127.0.0.1", port))
     key = base64.b64encode(os.urandom(16)).decode()
     await loop.sock_sendall(sock, (
         f"GET /ws?size={size} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    return sock
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_shared_text_the_socket_cannot_take_waits_in_the_stream_until_read(app, http_server, http_port):
+    size = UNTAKEN
+    loop = asyncio.get_running_loop()
+    sock = await stalled_websocket(http_port, size)
     await until(lambda: "future" in app.seen, 5, "the server to send")
     future = app.seen["future"]
     await asyncio.sleep(0.2)
@@ -233,3 +252,24 @@ async def test_shared_text_the_socket_cannot_take_waits_in_the_stream_until_read
     assert received.split(b"\r\n\r\n", 1)[1] == expected
     await asyncio.wait_for(future, 5)
     sock.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_sockets_that_cannot_take_a_frame_share_one_copy_of_it(app, http_server, http_port):
+    # What the hand-written frames are for: Tornado's write_message would
+    # copy the payload into a frame per socket, and each stalled socket
+    # would hold most of its copy.
+    clients, frame_size = 8, len(text_frame(payload(UNTAKEN)))
+    text_frame.cache_clear()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        socks = [await stalled_websocket(http_port, UNTAKEN) for _ in range(clients)]
+        await until(lambda: len(app.seen.get("futures", ())) == clients, 10, "every socket to be sent the frame")
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert not any(future.done() for future in app.seen["futures"])  # each holds most of the frame, unsent
+    assert held < 2 * frame_size, f"{held} bytes held for {clients} sockets sent one {frame_size}-byte frame"
+    for sock in socks:
+        sock.close()
