@@ -42,8 +42,8 @@ def split_events(data: bytes | bytearray | memoryview) -> tuple[list[tuple[int, 
 def name_prefix(family: str, key: str) -> str:
     """The start of the names of a family's streams for ``key``: ``<family>-<hash of key>-``.
 
-    Stream names allow only letters, digits, '.' and '-', and keys (video
-    ids) may hold '_', so the key goes in as a hash; listing by this prefix
+    Stream names allow only letters, digits, '.' and '-', and keys (ids of
+    the caller's) may hold '_', so the key goes in as a hash; listing by this prefix
     finds every stream written for the key, and none of another's.
     """
     return f"{family}-{hashlib.sha256(key.encode()).hexdigest()[:24]}-"

@@ -41,7 +41,7 @@ log = logging.getLogger("binge.pravega")
 # The repository root, so ``python -m pravega_workers.worker`` finds this package
 # whether or not it is installed.
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Bytes of requests a worker may leave untaken before it counts as stuck: a few pieces to append.
+# Bytes of requests a worker may leave untaken before it counts as stuck: a few large events to append.
 MAX_QUEUED = 64 * 1024 * 1024
 # Seconds a worker may take from its start to READY. It makes no network call before that, so only a machine
 # starved of CPU comes near it.
@@ -116,7 +116,7 @@ class Worker:
                 raise PravegaError(UNAVAILABLE, f"the Pravega {self.role} worker is gone") from None
             if sent == len(frame):
                 return
-            # A piece to append outgrows the socket's buffer: the rest goes as the worker takes it.
+            # An event to append outgrows the socket's buffer: the rest goes as the worker takes it.
             self._outgoing = bytearray(memoryview(frame)[sent:])
             self._loop.add_writer(self.sock.fileno(), self._on_writable)
         if len(self._outgoing) > MAX_QUEUED:

@@ -90,7 +90,7 @@ class ByteStreamPool:
     """The client's byte streams for this worker's reads.
 
     Opening one costs a round trip to the controller and two to the segment
-    store, and a player reads one video in many ranges, so a finished read
+    store, and a reader asks for one stream in many ranges, so a finished read
     leaves its stream object idle for the next read of that stream. Reads
     land in buffers of the pool's, kept for the next read (see
     :func:`~pravega_workers.blocking.read_range`).
@@ -123,7 +123,7 @@ class ByteStreamPool:
             if e.kind != NOT_FOUND or self._opened != opened:
                 raise
             # An object opened earlier finds no segment: the stream may have been deleted and created
-            # again under its name since (a node's evicted pieces, fetched anew). Those are stale.
+            # again under its name since (evicted, then written anew). Those are stale.
             for key in [key for key in self._idle if key[0] == stream]:
                 del self._idle[key]
             return self.read(reader, stream, offset, length)
@@ -278,12 +278,11 @@ class Truncator:
     """Truncates a stream's head to where its tail was at least ``keep`` seconds ago.
 
     What was there earlier is never needed again when every writer repeats
-    what matters within ``keep`` seconds (presence instances send a snapshot
-    of their sockets more often than that), and a replay then reads only
-    about ``keep`` seconds of events. Several instances truncating the same
-    stream is harmless: truncation only moves the head forward, and one that
-    lost the race (its offset is behind the head already) fails and is
-    ignored.
+    what matters within ``keep`` seconds (a snapshot of its state, say), and
+    a replay then reads only about ``keep`` seconds of events. Several
+    followers truncating the same stream is harmless: truncation only moves
+    the head forward, and one that lost the race (its offset is behind the
+    head already) fails and is ignored.
     """
 
     def __init__(self, reader: EventReader, keep: float) -> None:
