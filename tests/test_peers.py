@@ -188,6 +188,10 @@ def test_pravega_prefix_survives_a_restart_and_catches_corruption(pravega_settin
         streams.start()
         storage = streams.storage("v")
         await storage.adopt(manifest)
+        # adopt() waits for the open at most OPEN_WAIT; a node's workers start long before its first read,
+        # these just before it, which on a busy machine can take longer. Each step is about what the opened
+        # stream holds, so it starts from there.
+        await asyncio.wait([storage._opening])
         try:
             return await step(streams, storage)
         finally:
