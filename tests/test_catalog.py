@@ -117,13 +117,14 @@ async def test_unusable_captions_are_a_422_not_a_500(http_client, base_url, inge
 
 @pytest.mark.gen_test(timeout=30)
 async def test_legacy_captions_are_read_in_their_tracks_language(http_client, base_url, ingest, sample_videos):
-    # cp1250 Croatian, which charset detection alone reads as cp1252 ("Ðino, doðavola.").
-    source = "1\n00:00:01,000 --> 00:00:02,000\nĐino, dođavola.\n".encode("cp1250")
-    ingest(dataclasses.replace(sample_videos[1], id="zagreb", captions={"hr": (source, "srt")}))
+    # cp1257 Latvian, which without its tag reads as Turkish cp1254 ("Mçs tevi gaidîjâm."):
+    # only the track's language picks the right code page.
+    source = "1\n00:00:01,000 --> 00:00:02,000\nKur tu biji visu nakti? Mēs tevi gaidījām.\n".encode("cp1257")
+    ingest(dataclasses.replace(sample_videos[1], id="riga", captions={"lv": (source, "srt")}))
     for _ in range(100):
-        r = await http_client.fetch(base_url + "/videos/zagreb/captions/hr.vtt", raise_error=False)
+        r = await http_client.fetch(base_url + "/videos/riga/captions/lv.vtt", raise_error=False)
         if r.code != 404:
             break
         await asyncio.sleep(0.1)
     assert r.code == 200
-    assert [c.text for c in webvtt.from_string(r.body.decode())] == ["Đino, dođavola."]
+    assert [c.text for c in webvtt.from_string(r.body.decode())] == ["Kur tu biji visu nakti? Mēs tevi gaidījām."]
