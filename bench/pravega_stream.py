@@ -48,9 +48,9 @@ from stream_http import FILE_SIZE, RANGE, WRK_SCRIPT, wait_until_up, wrk
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from pravega_workers.blocking import delete_scope, stream_manager  # noqa: E402
 from media.pravega_store import ingest_into_pravega  # noqa: E402
 from media.store import NewVideo  # noqa: E402
+from pravega_workers.blocking import delete_scope, stream_manager  # noqa: E402
 from settings import settings_from_dict  # noqa: E402
 from tests.loopback import free_port, stop_process  # noqa: E402
 

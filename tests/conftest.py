@@ -94,8 +94,8 @@ def config(request, tmp_path, sample_videos):
         request.getfixturevalue("library")
         yield make_config(tmp_path)
         return
-    from pravega_workers.blocking import PravegaError, delete_scope, stream_manager
     from media.pravega_store import ingest_into_pravega
+    from pravega_workers.blocking import PravegaError, delete_scope, stream_manager
 
     uri = request.getfixturevalue("controller_uri")
     config = make_config(tmp_path, storage={"backend": "pravega", "library": str(tmp_path)},

@@ -18,9 +18,9 @@ import ujson
 from tornado.httpclient import AsyncHTTPClient
 from tornado.websocket import websocket_connect
 
-from pravega_workers.blocking import EventReader, delete_scope, stream_manager
 from media.pravega_store import ingest_into_pravega
 from media.store import NewVideo
+from pravega_workers.blocking import EventReader, delete_scope, stream_manager
 from presence.pravega_link import PRESENCE_STREAM
 from presence.shared import RemoteInstances, change_record, decode_record, gone_record, snapshot_record
 from presence.state import Change, Presence, SocketState
