@@ -1,7 +1,7 @@
 """Peer nodes: the origin's load, the time to a first byte, and the stall when a peer dies.
 
 Three runs, each with real ``server.py`` processes on loopback (see
-``tests/nodes.py``) and one video of random bytes:
+``harness/nodes.py``) and one video of random bytes:
 
 1. *Origin load.* Four viewers watch the video, each starting ``--stagger``
    seconds after the one before and reading sequential 1 MiB ranges at
@@ -32,10 +32,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tests.loopback import until  # noqa: E402
-from tests.nodes import (  # noqa: E402
-    MiB, CountingProxy, Server, Viewer, peer_urls, start_all, write_random_video,
-)
+from harness.loopback import until  # noqa: E402
+from harness.media import write_random_video  # noqa: E402
+from harness.nodes import MiB, CountingProxy, Server, Viewer, peer_urls, start_all  # noqa: E402
 
 VIDEO = "bench"
 

@@ -1,7 +1,7 @@
 """A peer node keeping its pieces in Pravega, against one keeping them in sparse files.
 
 An origin and two nodes, real ``server.py`` processes on loopback (see
-``tests/nodes.py``), and one video of random bytes. Node *F* keeps pieces in
+``harness/nodes.py``), and one video of random bytes. Node *F* keeps pieces in
 sparse files; node *P* keeps the verified prefix in its own Pravega
 (``peers/pravega_pieces.py``). Each client reads sequential 1 MiB ranges as
 fast as they come:
@@ -33,8 +33,9 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from harness.media import write_random_video  # noqa: E402
+from harness.nodes import MiB, Server, Viewer, start_all  # noqa: E402
 from pravega_workers.blocking import READ_PIECE, delete_scope, stream_manager  # noqa: E402
-from tests.nodes import MiB, Server, Viewer, start_all, write_random_video  # noqa: E402
 
 VIDEO = "bench"
 

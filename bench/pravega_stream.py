@@ -43,16 +43,18 @@ import tempfile
 import time
 import uuid
 
-from stream_http import FILE_SIZE, RANGE, WRK_SCRIPT, wait_until_up, wrk
+from stream_http import FILE_SIZE, RANGE, WRK_SCRIPT, wrk
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from harness.media import write_random_video  # noqa: E402
+from harness.pravega import PravegaNotStarted, StandalonePravega  # noqa: E402
+from harness.server_process import ServerProcess  # noqa: E402
 from media.pravega_store import ingest_into_pravega  # noqa: E402
 from media.store import NewVideo  # noqa: E402
 from pravega_workers.blocking import delete_scope, stream_manager  # noqa: E402
 from settings import settings_from_dict  # noqa: E402
-from tests.loopback import free_port, stop_process  # noqa: E402
 
 LAG_LIMIT_MS = 50.0
 
@@ -113,16 +115,15 @@ sys.exit(server.main(sys.argv[3:]))
 """
 
 
-def start_pravega(home: str) -> tuple[str, dict]:
-    ports = {name: free_port() for name in ("CONTROLLER", "SEGMENTSTORE", "ZK", "REST")}
-    env = {**os.environ, "PRAVEGA_HOME": home, "PRAVEGA_HEAP": "3g",
-           "JAVA_TOOL_OPTIONS": "-Dpravegaservice.cache.size.max=1073741824",
-           **{f"PRAVEGA_{name}_PORT": str(port) for name, port in ports.items()}}
-    script = os.path.join(ROOT, "scripts", "pravega")
-    result = subprocess.run([script, "start"], env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"scripts/pravega start failed:\n{result.stdout}{result.stderr}")
-    return f"tcp://127.0.0.1:{ports['CONTROLLER']}", env
+def start_pravega(home: str) -> StandalonePravega:
+    """A Pravega of the benchmark's own, with room to keep a 256 MiB stream in its cache."""
+    pravega = StandalonePravega(home, PRAVEGA_HEAP="3g",
+                                JAVA_TOOL_OPTIONS="-Dpravegaservice.cache.size.max=1073741824")
+    try:
+        pravega.start()
+    except PravegaNotStarted as e:
+        raise SystemExit(str(e)) from None
+    return pravega
 
 
 def raw_round(uri: str, scope: str, stream: str, processes: int, seconds: int) -> float:
@@ -178,18 +179,17 @@ def main() -> None:
         raise SystemExit("wrk is not installed: run scripts/setup --test")
 
     work = tempfile.mkdtemp(prefix="binge-bench-pravega-")
-    pravega_env = None
+    pravega = None
     uri = args.controller
     scope = f"bench-{uuid.uuid4().hex[:8]}"
     server = None
     try:
         if uri is None:
             print("starting a Pravega of its own", flush=True)
-            uri, pravega_env = start_pravega(os.path.join(work, "pravega"))
+            pravega = start_pravega(os.path.join(work, "pravega"))
+            uri = pravega.uri
         video = os.path.join(work, "big.mp4")
-        with open(video, "wb") as f:
-            for _ in range(FILE_SIZE // RANGE):
-                f.write(os.urandom(RANGE))
+        write_random_video(video, FILE_SIZE)
         settings = settings_from_dict({"storage": {"backend": "pravega"},
                                        "pravega": {"controller_uri": uri, "scope": scope, "workers": args.workers}})
         started = time.monotonic()
@@ -199,16 +199,14 @@ def main() -> None:
         print(f"ingested {FILE_SIZE // RANGE} MiB into {scope} in {time.monotonic() - started:.1f} s", flush=True)
         stream = record.locator
 
-        port = free_port()
-        config = os.path.join(work, "config.yaml")
-        with open(config, "w") as f:
-            f.write(f"storage:\n  backend: pravega\n  cache_dir: {work}/cache\n"
-                    f"pravega:\n  controller_uri: {uri}\n  scope: {scope}\n  workers: {args.workers}\n")
         lag_file = os.path.join(work, "lag.txt")
-        server = subprocess.Popen([sys.executable, "-c", LAG_SERVER, ROOT, lag_file, "--config", config,
-                                   "--port", str(port), "--log-level", "WARNING"], cwd=ROOT)
-        url = f"http://127.0.0.1:{port}/videos/big/stream"
-        wait_until_up(url, server)
+        server = ServerProcess(work, {
+            "storage": {"backend": "pravega", "cache_dir": os.path.join(work, "cache")},
+            "pravega": {"controller_uri": uri, "scope": scope, "workers": args.workers},
+        }, log_level="WARNING", ready_path="/videos/big/stream",
+            launcher=[sys.executable, "-c", LAG_SERVER, ROOT, lag_file]).start()
+        server.wait_until_serving(30)
+        url = server.url + server.ready_path
         script = os.path.join(work, "ranges.lua")
         with open(script, "w") as f:
             f.write(WRK_SCRIPT % {"pieces": FILE_SIZE // RANGE, "range": RANGE})
@@ -241,9 +239,9 @@ def main() -> None:
               f"{running:.1f} ms of it running (limit {LAG_LIMIT_MS:.0f} ms)")
     finally:
         if server is not None:
-            stop_process(server)
-        if pravega_env is not None:
-            subprocess.run([os.path.join(ROOT, "scripts", "pravega"), "stop"], env=pravega_env, capture_output=True)
+            server.stop()
+        if pravega is not None:
+            pravega.stop()
         elif uri is not None:
             delete_scope(stream_manager(uri), scope)
         shutil.rmtree(work, ignore_errors=True)

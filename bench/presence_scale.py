@@ -22,18 +22,16 @@ import argparse
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 
 import ujson
-import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tests.loopback import free_port, stop_process  # noqa: E402
+from harness.media import write_unprobed_video  # noqa: E402
+from harness.server_process import ListeningProcess, ServerProcess  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NODE_DIR = os.path.join(ROOT, "bench", "socketio")
@@ -41,69 +39,47 @@ VIDEOS = ["v0", "v1", "v2", "v3"]
 TARGET_MS = 100.0
 
 
-def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server on port {port} exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit(f"nothing listens on port {port}")
-
-
 def make_library(work: str) -> str:
     """A library of tiny videos: presence only checks that a watched video exists."""
     library = os.path.join(work, "library")
     os.makedirs(library)
     for video in VIDEOS:
-        with open(os.path.join(library, f"{video}.mp4"), "wb") as f:
-            f.write(os.urandom(1024))
-        with open(os.path.join(library, f"{video}.json"), "w") as f:
-            ujson.dump({"durationSeconds": 60}, f)
+        write_unprobed_video(os.path.join(library, f"{video}.mp4"), 1024)
     return library
 
 
-def start_binge(work: str, port: int, args: argparse.Namespace) -> subprocess.Popen:
-    config = os.path.join(work, "config.yaml")
-    with open(config, "w") as f:
-        # The driver is one socket standing in for many users' changes, and
-        # every client comes from 127.0.0.1: the per-socket message limit and
-        # the per-address socket limit are lifted.
-        yaml.safe_dump({
-            "storage": {"library": os.path.join(work, "library"), "cache_dir": os.path.join(work, "cache")},
-            "presence": {"messages_per_second": 100000},
-            "limits": {"sockets_per_ip": args.clients + 10},
-        }, f)
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, "server.py"), "--config", config,
-                             "--port", str(port), "--log-level", "WARNING"], cwd=ROOT)
+def binge_server(work: str, args: argparse.Namespace) -> ServerProcess:
+    # The driver is one socket standing in for many users' changes, and
+    # every client comes from 127.0.0.1: the per-socket message limit and
+    # the per-address socket limit are lifted.
+    return ServerProcess(work, {
+        "storage": {"library": os.path.join(work, "library"), "cache_dir": os.path.join(work, "cache")},
+        "presence": {"messages_per_second": 100000},
+        "limits": {"sockets_per_ip": args.clients + 10},
+    }, "binge", log_level="WARNING")
 
 
-def start_socketio(work: str, port: int, args: argparse.Namespace) -> subprocess.Popen:
-    return subprocess.Popen(["node", "server.js", "--port", str(port), "--videos", ",".join(VIDEOS),
-                             "--coalesce-ms", str(args.coalesce_ms)], cwd=NODE_DIR, stdout=subprocess.DEVNULL)
+def socketio_server(work: str, args: argparse.Namespace) -> ListeningProcess:
+    return ListeningProcess(work, "socketio", lambda port: [
+        "node", "server.js", "--port", str(port), "--videos", ",".join(VIDEOS), "--coalesce-ms", str(args.coalesce_ms),
+    ], cwd=NODE_DIR)
 
 
-# name -> (label, how to start it, load.js --server, extra load.js arguments).
+# name -> (label, the server, not started, load.js --server, extra load.js arguments).
 # Each server twice: full snapshots (what the browser page asks for), and
 # changes after a first snapshot (?changes=1).
 CONTENDERS = {
-    "binge": ("Binge+ snapshots", start_binge, "binge", []),
-    "socketio": ("socket.io snapshots", start_socketio, "socketio", []),
-    "binge-changes": ("Binge+ changes", start_binge, "binge", ["--query", "changes=1"]),
-    "socketio-changes": ("socket.io changes", start_socketio, "socketio", ["--query", "changes=1"]),
+    "binge": ("Binge+ snapshots", binge_server, "binge", []),
+    "socketio": ("socket.io snapshots", socketio_server, "socketio", []),
+    "binge-changes": ("Binge+ changes", binge_server, "binge", ["--query", "changes=1"]),
+    "socketio-changes": ("socket.io changes", socketio_server, "socketio", ["--query", "changes=1"]),
 }
 
 
 def run_load(name: str, work: str, args: argparse.Namespace) -> list[dict]:
-    label, start, kind, extra = CONTENDERS[name]
-    port = free_port()
-    server = start(work, port, args)
-    try:
-        wait_for_port(port, server)
-        command = ["node", "load.js", "--server", kind, "--url", f"ws://127.0.0.1:{port}",
+    label, make_server, kind, extra = CONTENDERS[name]
+    with make_server(work, args) as server:
+        command = ["node", "load.js", "--server", kind, "--url", f"ws://127.0.0.1:{server.port}",
                    "--videos", ",".join(VIDEOS), "--clients", str(args.clients), "--rates", args.rates,
                    "--step-seconds", str(args.step_seconds), "--server-pid", str(server.pid),
                    "--max-latency-ms", str(TARGET_MS), *extra]
@@ -111,8 +87,6 @@ def run_load(name: str, work: str, args: argparse.Namespace) -> list[dict]:
         if out.returncode != 0:
             raise SystemExit(f"load against {label} failed:\n{out.stderr}")
         records = [ujson.loads(line) for line in out.stdout.splitlines()]
-    finally:
-        stop_process(server)
     for r in records:
         if r["event"] == "connected":
             print(f"  {label}: {r['clients']} clients joined in {r['connectSeconds']:.1f} s, "

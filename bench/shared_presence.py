@@ -24,7 +24,6 @@ import pathlib
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,9 +33,9 @@ from pravega_stream import start_pravega
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from harness.loopback import until  # noqa: E402
+from harness.presence import Client, Scope, watching  # noqa: E402
 from pravega_workers.blocking import delete_scope, stream_manager  # noqa: E402
-from tests.loopback import until  # noqa: E402
-from tests.test_presence_shared import Client, Scope, watching  # noqa: E402
 
 
 async def measure(scope: Scope, changes: int, instance_timeout: float) -> None:
@@ -90,21 +89,22 @@ def main() -> None:
     args = parser.parse_args()
 
     work = pathlib.Path(tempfile.mkdtemp(prefix="binge-bench-presence-"))
-    pravega_env = None
+    pravega = None
     scope = None
     try:
         uri = args.controller
         if uri is None:
             print("starting a Pravega of its own", flush=True)
-            uri, pravega_env = start_pravega(str(work / "pravega"))
+            pravega = start_pravega(str(work / "pravega"))
+            uri = pravega.uri
         scope = Scope(uri, work, args.instance_timeout)
         asyncio.run(measure(scope, args.changes, args.instance_timeout))
     finally:
         if scope is not None:
             for instance in scope.instances:
                 instance.stop()
-        if pravega_env is not None:
-            subprocess.run([os.path.join(ROOT, "scripts", "pravega"), "stop"], env=pravega_env, capture_output=True)
+        if pravega is not None:
+            pravega.stop()
         elif scope is not None:
             delete_scope(stream_manager(uri), scope.name)
         shutil.rmtree(work, ignore_errors=True)

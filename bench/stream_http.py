@@ -21,14 +21,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tests.loopback import PeakRss, free_port, rss_kib, stop_process  # noqa: E402
+from harness.loopback import PeakRss, rss_kib  # noqa: E402
+from harness.media import write_random_video  # noqa: E402
+from harness.server_process import ListeningProcess, ServerProcess  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILE_SIZE = 256 * 1024 * 1024
 RANGE = 1024 * 1024
 
@@ -79,19 +78,6 @@ http {
 """
 
 
-def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server for {url} exited with {proc.returncode}")
-        try:
-            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=1)
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit(f"{url} did not come up")
-
-
 def wrk(url: str, script: str, seconds: int, connections: int) -> float:
     out = subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", script, url],
@@ -114,38 +100,34 @@ def main() -> None:
             raise SystemExit(f"{tool} is not installed: run scripts/setup --test")
 
     work = tempfile.mkdtemp(prefix="binge-bench-")
+    servers: dict[str, ListeningProcess] = {}
     # nginx's worker runs as an unprivileged user when started as root.
     os.chmod(work, 0o755)
-    procs: list[subprocess.Popen] = []
     try:
         library = os.path.join(work, "library")
         os.makedirs(os.path.join(work, "tmp"))
         os.makedirs(library)
-        with open(os.path.join(library, "big.mp4"), "wb") as f:
-            for _ in range(FILE_SIZE // RANGE):
-                f.write(os.urandom(RANGE))
+        write_random_video(os.path.join(library, "big.mp4"), FILE_SIZE)
         script = os.path.join(work, "ranges.lua")
         with open(script, "w") as f:
             f.write(WRK_SCRIPT % {"pieces": FILE_SIZE // RANGE, "range": RANGE})
 
-        ports = {name: free_port() for name in ("binge", "static", "nginx")}
-        config = os.path.join(work, "config.yaml")
-        with open(config, "w") as f:
-            f.write(f"storage:\n  library: {library}\n  cache_dir: {work}/cache\n")
-        binge = subprocess.Popen([sys.executable, os.path.join(ROOT, "server.py"), "--config", config,
-                                  "--port", str(ports["binge"]), "--log-level", "WARNING"], cwd=ROOT)
-        static = subprocess.Popen([sys.executable, "-c", STATIC_SERVER, library, str(ports["static"])])
-        with open(os.path.join(work, "nginx.conf"), "w") as f:
-            f.write(NGINX_CONF % {"dir": work, "port": ports["nginx"], "root": library})
-        nginx = subprocess.Popen(["nginx", "-c", os.path.join(work, "nginx.conf"), "-p", work])
-        procs += [binge, static, nginx]
-        urls = {
-            "binge": f"http://127.0.0.1:{ports['binge']}/videos/big/stream",
-            "static": f"http://127.0.0.1:{ports['static']}/big.mp4",
-            "nginx": f"http://127.0.0.1:{ports['nginx']}/big.mp4",
+        nginx_conf = os.path.join(work, "nginx.conf")
+        servers = {
+            "binge": ServerProcess(work, {"storage": {"library": library, "cache_dir": os.path.join(work, "cache")}},
+                                   "binge", log_level="WARNING", ready_path="/videos/big/stream"),
+            "static": ListeningProcess(work, "static", lambda port: [sys.executable, "-c", STATIC_SERVER, library,
+                                                                     str(port)], ready_path="/big.mp4"),
+            "nginx": ListeningProcess(work, "nginx", ["nginx", "-c", nginx_conf, "-p", work], ready_path="/big.mp4"),
         }
-        for name, proc in (("binge", binge), ("static", static), ("nginx", nginx)):
-            wait_until_up(urls[name], proc)
+        with open(nginx_conf, "w") as f:
+            f.write(NGINX_CONF % {"dir": work, "port": servers["nginx"].port, "root": library})
+        for server in servers.values():
+            server.start()
+        for server in servers.values():
+            server.wait_until_serving(30)
+        urls = {name: server.url + server.ready_path for name, server in servers.items()}
+        binge = servers["binge"]
 
         # Warm the page cache and each server once before measuring.
         for url in urls.values():
@@ -171,8 +153,8 @@ def main() -> None:
                   f"({medians[name] * RANGE / 2**20:.0f} MiB/s)")
         print(f"  Binge+ RSS: {rss_before / 1024:.1f} MiB before, {max(peak.peak, rss_before) / 1024:.1f} MiB at peak")
     finally:
-        for proc in procs:
-            stop_process(proc)
+        for server in servers.values():
+            server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 

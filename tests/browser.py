@@ -19,7 +19,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.server_process import ServerNotReady, ServerProcess
+from harness.server_process import ServerNotReady, ServerProcess
 
 REPO = Path(__file__).resolve().parent.parent
 SCREENSHOTS = REPO / "test-output" / "screenshots"

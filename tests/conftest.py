@@ -18,12 +18,12 @@ import uuid
 import pytest
 
 import backends
+from harness.nodes import Server
 from media.probe import poster_jpeg, probe
 from media.sample import make_video, write_srt
 from media.store import NewVideo
 from settings import PravegaSettings, settings_from_dict
-from tests.nodes import Server
-from tests.pravega_server import PrivatePravega, shared_controller
+from tests.pravega_server import shared_controller, start_private
 
 SRT_EN = [(0.0, 1.5, "Hello & welcome"), (1.5, 3.0, "<i>Second</i> line"), (3.0, 3.9, "Third")]
 SRT_FR = [(0.0, 1.5, "Bonjour"), (1.5, 3.9, "Au revoir")]
@@ -131,7 +131,7 @@ def read_bytes(path: os.PathLike) -> bytes:
 
 @pytest.fixture
 def servers(tmp_path):
-    """Real ``server.py`` processes (see tests/nodes.py): makes servers in ``tmp_path``; stops them all afterwards, and shows their logs if the test failed."""
+    """Real ``server.py`` processes (see harness/nodes.py): makes servers in ``tmp_path``; stops them all afterwards, and shows their logs if the test failed."""
     made: list[Server] = []
 
     def make(name: str, **kwargs) -> Server:
@@ -157,9 +157,8 @@ def pravega_settings(controller_uri):
 
 @pytest.fixture
 def private_pravega(tmp_path):
-    """A Pravega of the test's own (see tests/pravega_server.py), to pause or stop; stopped afterwards."""
-    pravega = PrivatePravega(tmp_path / "pravega")
-    pravega.start()
+    """A Pravega of the test's own (see harness/pravega.py), to pause or stop; stopped afterwards."""
+    pravega = start_private(tmp_path / "pravega")
     try:
         yield pravega
     finally:

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import ujson
 
+from harness.loopback import free_port
 from media.filesystem_ingest import write_into_folder
 from media.sample import cached_video
 from tests.browser import get, launch_chromium, other_origin, running_server, screenshot, unavailable
 from tests.conftest import new_video
-from tests.loopback import free_port
 
 # Long enough (about 10 MB of H.264) that Chromium cannot have the end of it
 # buffered when it seeks there: the seek needs a range request.

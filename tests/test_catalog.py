@@ -10,20 +10,17 @@ import pytest
 import ujson
 import webvtt
 
+from harness.http import fetch_json
+
 
 # pytest-tornado asks for ``app`` by name at run time, too late to parametrize;
 # naming ``config`` here runs every test against both stores.
 pytestmark = pytest.mark.usefixtures("config")
 
 
-async def get_json(http_client, base_url, path, method="GET"):
-    r = await http_client.fetch(base_url + path, method=method, raise_error=False)
-    return r.code, ujson.loads(r.body) if r.body else None, r
-
-
 @pytest.mark.gen_test
-async def test_video_list(http_client, base_url, sample_videos):
-    code, videos, r = await get_json(http_client, base_url, "/videos")
+async def test_video_list(http_server, base_url, sample_videos):
+    code, videos, r = await fetch_json(base_url + "/videos")
     assert code == 200 and r.headers["Content-Type"].startswith("application/json")
     assert r.headers["Access-Control-Allow-Origin"] == "*"
     assert [v["id"] for v in videos] == ["alpha", "beta"]
@@ -44,27 +41,27 @@ async def test_video_list(http_client, base_url, sample_videos):
 
 
 @pytest.mark.gen_test
-async def test_one_video_and_old_data_path(http_client, base_url):
-    code, video, _ = await get_json(http_client, base_url, "/videos/alpha")
+async def test_one_video_and_old_data_path(http_server, base_url):
+    code, video, _ = await fetch_json(base_url + "/videos/alpha")
     assert code == 200 and video["id"] == "alpha"
-    code, old, _ = await get_json(http_client, base_url, "/videos/alpha/data")
+    code, old, _ = await fetch_json(base_url + "/videos/alpha/data")
     assert code == 200 and old == video
 
 
 @pytest.mark.gen_test
 async def test_unknown_video_and_endpoint_are_json_404s(http_client, base_url):
-    code, body, _ = await get_json(http_client, base_url, "/videos/missing")
+    code, body, _ = await fetch_json(base_url + "/videos/missing")
     assert code == 404 and body["error"] == "no video with id 'missing'"
-    code, body, _ = await get_json(http_client, base_url, "/no/such/thing")
+    code, body, _ = await fetch_json(base_url + "/no/such/thing")
     assert code == 404 and "no such endpoint" in body["error"]
-    code, body, _ = await get_json(http_client, base_url, "/videos")
+    code, body, _ = await fetch_json(base_url + "/videos")
     r = await http_client.fetch(base_url + "/videos", method="DELETE", raise_error=False)
     assert r.code == 405 and ujson.loads(r.body)["error"]
 
 
 @pytest.mark.gen_test
 async def test_caption_tracks(http_client, base_url):
-    code, tracks, _ = await get_json(http_client, base_url, "/videos/alpha/captions")
+    code, tracks, _ = await fetch_json(base_url + "/videos/alpha/captions")
     assert code == 200 and [t["lang"] for t in tracks] == ["en", "fr"]
     for path in ("/videos/alpha/captions/en", "/videos/alpha/captions/en.vtt", "/videos/video/alpha/caption"):
         r = await http_client.fetch(base_url + path)
@@ -74,9 +71,9 @@ async def test_caption_tracks(http_client, base_url):
         assert vtt[1].start == "00:00:01.500"
     r = await http_client.fetch(base_url + "/videos/alpha/captions/fr.vtt")
     assert [c.text for c in webvtt.from_string(r.body.decode())] == ["Bonjour", "Au revoir"]
-    code, body, _ = await get_json(http_client, base_url, "/videos/alpha/captions/de")
+    code, body, _ = await fetch_json(base_url + "/videos/alpha/captions/de")
     assert code == 404 and "'de'" in body["error"]
-    code, body, _ = await get_json(http_client, base_url, "/videos/beta/captions/en")
+    code, body, _ = await fetch_json(base_url + "/videos/beta/captions/en")
     assert code == 404
 
 
@@ -87,17 +84,17 @@ async def test_poster(http_client, base_url):
 
 
 @pytest.mark.gen_test
-async def test_health(http_client, base_url, config):
-    code, body, _ = await get_json(http_client, base_url, "/healthz")
+async def test_health(http_server, base_url, config):
+    code, body, _ = await fetch_json(base_url + "/healthz")
     assert code == 200 and body["status"] == "ok"
     assert body["store"]["backend"] == config.storage.backend and body["store"]["videos"] == 2
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_videos_added_while_running_appear(http_client, base_url, ingest, sample_videos):
+async def test_videos_added_while_running_appear(http_server, base_url, ingest, sample_videos):
     ingest(dataclasses.replace(sample_videos[1], id="gamma", name="Gamma"))
     for _ in range(100):
-        code, videos, _ = await get_json(http_client, base_url, "/videos")
+        code, videos, _ = await fetch_json(base_url + "/videos")
         if "gamma" in [v["id"] for v in videos]:
             break
         await asyncio.sleep(0.1)
@@ -105,10 +102,10 @@ async def test_videos_added_while_running_appear(http_client, base_url, ingest, 
 
 
 @pytest.mark.gen_test
-async def test_unusable_captions_are_a_422_not_a_500(http_client, base_url, ingest, sample_videos):
+async def test_unusable_captions_are_a_422_not_a_500(http_server, base_url, ingest, sample_videos):
     ingest(dataclasses.replace(sample_videos[1], id="mute", captions={"en": (b"\x89PNG\r\n\x1a\n\0\0binary", "srt")}))
     for _ in range(100):
-        code, body, _ = await get_json(http_client, base_url, "/videos/mute/captions/en.vtt")
+        code, body, _ = await fetch_json(base_url + "/videos/mute/captions/en.vtt")
         if code != 404:
             break
         await asyncio.sleep(0.1)

@@ -11,8 +11,8 @@ import urllib.request
 import pytest
 import ujson
 
+from harness.loopback import free_port
 from settings import ConfigError, load_settings, settings_from_dict
-from tests.loopback import free_port
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 

@@ -1,7 +1,7 @@
 """Bounded piece storage: a node evicts whole videos, least recently read first, past peer.max_held_bytes.
 
 The policy and the storages are tested on their own first; then real nodes
-(``server.py`` processes, see :mod:`tests.nodes`) play one video after
+(``server.py`` processes, see :mod:`harness.nodes`) play one video after
 another with a small limit, on the filesystem and on Pravega, and are
 restarted with a smaller one to show that what an earlier run left counts.
 """
@@ -16,11 +16,13 @@ import time
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
+from harness.http import get_json
+from harness.loopback import until
+from harness.media import write_random_video
+from harness.nodes import MiB, Server, Viewer, start_all
 from peers.eviction import HeldPieces
 from peers.pieces import SparseFilePieces, stored_on_disk
 from peers.pravega_pieces import PieceStreams, stream_prefix
-from tests.loopback import until
-from tests.nodes import MiB, Server, Viewer, get_json, start_all, write_random_video
 from tests.test_peers import PIECE, _streams_of, _until_held, manifest_of
 
 # --- the policy ---------------------------------------------------------------

@@ -25,34 +25,16 @@ import time
 import uuid
 
 import pytest
-import tornado.httpserver
 import ujson
-from tornado.netutil import bind_sockets
 
+from harness.in_process import serving
+from harness.loopback import until
 from tests.conftest import make_config, read_bytes
-from tests.loopback import until
 
 SETTLE_SECONDS = 5.0
 
 
-# ---------------------------------------------------------------- serving and counting
-
-
-@contextlib.asynccontextmanager
-async def serving(config):
-    """The app for ``config``, served on a free loopback port of this event loop: yields (app, port)."""
-    from handlers.app import build_app
-
-    app = await build_app(config)
-    server = tornado.httpserver.HTTPServer(app)
-    sockets = bind_sockets(0, "127.0.0.1")
-    server.add_sockets(sockets)
-    try:
-        yield app, sockets[0].getsockname()[1]
-    finally:
-        server.stop()
-        await server.close_all_connections()
-        await app.close()
+# ---------------------------------------------------------------- counting
 
 
 def children() -> dict[int, str]:

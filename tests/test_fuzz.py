@@ -21,17 +21,15 @@ import re
 import secrets
 import socket
 import struct
-import threading
 import time
 import uuid
 
 import pytest
-import tornado.httpserver
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tornado.netutil import bind_sockets
 
 import backends
+from harness.in_process import ServingInThread
 from tests.conftest import make_config
 
 ANSWER_TIMEOUT = 5.0
@@ -63,28 +61,13 @@ class LogErrors(logging.Handler):
         return [f"{r.name}: {r.getMessage()}" + (" (with traceback)" if r.exc_info else "") for r in records]
 
 
-class Served:
-    """The app for ``config``, served on a free loopback port from an event loop in its own thread."""
+class Served(ServingInThread):
+    """The app for ``config`` on a loop of its own (the fuzzing clients block), keeping every error logged."""
 
     def __init__(self, config) -> None:
-        from handlers.app import build_app
-
-        async def start():
-            app = await build_app(config)
-            server = tornado.httpserver.HTTPServer(app)
-            sockets = bind_sockets(0, "127.0.0.1")
-            server.add_sockets(sockets)
-            return app, server, sockets[0].getsockname()[1]
-
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="fuzz-server", daemon=True)
-        self.thread.start()
-        self.app, self.server, self.port = self.call(start())
+        super().__init__(config, name="fuzz-server")
         self.errors = LogErrors()
         logging.getLogger().addHandler(self.errors)
-
-    def call(self, coroutine, timeout: float = 30.0):
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
     def counts(self) -> tuple[int, int]:
         """Tasks on the server's loop, and open file descriptors of this process."""
@@ -105,16 +88,8 @@ class Served:
         assert now[1] <= baseline[1], f"file descriptors left behind: {now[1]} > {baseline[1]}"
 
     def close(self) -> None:
-        async def stop():
-            self.server.stop()
-            await self.server.close_all_connections()
-            await self.app.close()
-
         logging.getLogger().removeHandler(self.errors)
-        self.call(stop())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
+        super().close()
 
 
 @pytest.fixture(scope="module", params=["filesystem", pytest.param("pravega", marks=pytest.mark.pravega)])

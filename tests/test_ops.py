@@ -23,9 +23,10 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
 from handlers import catalog, tornado_internals
+from harness.loopback import until
+from harness.media import write_random_video
+from harness.nodes import MiB, Server, start_all
 from tests.conftest import make_config, read_bytes
-from tests.loopback import until
-from tests.nodes import MiB, Server, start_all, write_random_video
 
 BIG = 32 * MiB
 CLIENT_RCVBUF = 4096

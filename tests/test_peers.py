@@ -16,12 +16,23 @@ import signal
 import time
 
 import pytest
-import tornado.httpserver
 import tornado.web
 import ujson
 from tornado.httpclient import AsyncHTTPClient
 from tornado.testing import bind_unused_port
 
+from harness.http import get_json
+from harness.in_process import listen
+from harness.loopback import until
+from harness.media import write_random_video
+from harness.nodes import (
+    MiB,
+    CountingProxy,
+    Server,
+    Viewer,
+    peer_urls,
+    start_all,
+)
 from media.filesystem import FilesystemStore
 from media.sample import make_video, write_srt
 from peers import manifest_cache, pravega_pieces
@@ -36,17 +47,6 @@ from peers.swarm import Swarm
 from peers.upstream import Upstream
 from settings import PravegaSettings, StorageSettings
 from tests.conftest import read_bytes
-from tests.loopback import until
-from tests.nodes import (
-    MiB,
-    CountingProxy,
-    Server,
-    Viewer,
-    get_json,
-    peer_urls,
-    start_all,
-    write_random_video,
-)
 
 PIECE = 64 * 1024
 
@@ -334,26 +334,21 @@ class _Peers(tornado.web.RequestHandler):
         self.finish(ujson.dumps(self.peers))
 
 
-async def _serve(app: tornado.web.Application) -> tuple[str, tornado.httpserver.HTTPServer]:
-    sock, port = bind_unused_port()
-    server = tornado.httpserver.HTTPServer(app)
-    server.add_sockets([sock])
-    return f"http://127.0.0.1:{port}", server
-
-
 async def _fetch_with_peer(behaviour: str, n: int):
     """Fetches piece ``n`` with one misbehaving peer and an honest upstream."""
     data = os.urandom(4 * PIECE)
     manifest = manifest_of(data)
     upstream_asked, peer_asked = [], []
-    peer_url, peer_server = await _serve(tornado.web.Application([
+    peer_server, peer_port = await listen(tornado.web.Application([
         (r"/videos/v/have", _Have, {"manifest": manifest}),
         (r"/videos/v/pieces/(\d+)", _FakePeer, {"data": data, "behaviour": behaviour, "asked": peer_asked}),
     ]))
-    upstream_url, upstream_server = await _serve(tornado.web.Application([
+    peer_url = f"http://127.0.0.1:{peer_port}"
+    upstream_server, upstream_port = await listen(tornado.web.Application([
         (r"/videos/v/stream", _FakeVideo, {"data": data, "asked": upstream_asked}),
         (r"/videos/v/peers", _Peers, {"peers": [{"url": peer_url, "address": "127.0.0.1"}]}),
     ]))
+    upstream_url = f"http://127.0.0.1:{upstream_port}"
     upstream = Upstream(upstream_url)
     swarm = Swarm(upstream, manifest, own_url=None, bad=set())
     fetcher = PieceFetcher(manifest, swarm, upstream, peer_stall=0.3)
@@ -425,10 +420,11 @@ def test_pieces_the_storage_does_not_keep_are_fetched_once_for_a_slow_reader():
 
     async def scenario():
         asked = []
-        upstream_url, upstream_server = await _serve(tornado.web.Application([
+        upstream_server, upstream_port = await listen(tornado.web.Application([
             (r"/videos/v/stream", _FakeVideo, {"data": data, "asked": asked}),
             (r"/videos/v/peers", _Peers, {"peers": []}),
         ]))
+        upstream_url = f"http://127.0.0.1:{upstream_port}"
         upstream = Upstream(upstream_url)
         # Nothing listens there: opening the stream fails, and the storage keeps no piece.
         streams = PieceStreams(PravegaSettings(controller_uri=f"tcp://127.0.0.1:{bind_unused_port()[1]}",

@@ -18,12 +18,12 @@ import uuid
 
 import pytest
 
+from harness.loopback import until
 from media.pravega_catalog import stream_prefix
 from media.pravega_store import PravegaStore, ingest_into_pravega
 from media.store import NewVideo, NotFound, Unavailable
 from pravega_workers.blocking import stream_manager
 from settings import settings_from_dict
-from tests.loopback import until
 
 pytestmark = pytest.mark.pravega
 

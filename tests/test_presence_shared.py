@@ -9,24 +9,16 @@ where that is a failure.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
-import uuid
 
 import pytest
-import ujson
-from tornado.httpclient import AsyncHTTPClient
-from tornado.websocket import websocket_connect
 
-from media.pravega_store import ingest_into_pravega
-from media.store import NewVideo
-from pravega_workers.blocking import EventReader, delete_scope, stream_manager
-from presence.pravega_link import PRESENCE_STREAM
+from harness.http import get_json
+from harness.loopback import until
+from harness.presence import Client, Instance, Scope, watching
+from pravega_workers.blocking import delete_scope, stream_manager
 from presence.shared import RemoteInstances, change_record, decode_record, gone_record, snapshot_record
 from presence.state import Change, Presence, SocketState
-from settings import settings_from_dict
-from tests.loopback import until
-from tests.server_process import ServerProcess
 
 # ---------------------------------------------------------------- the merge, no Pravega
 
@@ -202,97 +194,9 @@ INSTANCE_TIMEOUT = 3.0
 PROPAGATION = 2.0
 
 
-class Instance(ServerProcess):
-    """One ``server.py`` on the Pravega store."""
-
-    def __init__(self, folder, name: str, uri: str, scope: str, instance_timeout: float) -> None:
-        super().__init__(folder, {
-            "server": {"shutdown_grace": 1},
-            "storage": {"backend": "pravega", "cache_dir": str(folder / f"{name}-cache")},
-            "pravega": {"controller_uri": uri, "scope": scope, "instance_timeout": instance_timeout},
-        }, name)
-
-    async def ready(self, timeout: float = 20.0) -> None:
-        """Waits until the server answers and has replayed the catalog."""
-        deadline = time.monotonic() + timeout
-        await self.serving(timeout)
-        while not await get_json(f"{self.url}/videos"):
-            assert time.monotonic() < deadline, f"{self.name} not ready:\n{self.log_tail()}"
-            await asyncio.sleep(0.1)
-
-    async def presence(self) -> dict:
-        return await get_json(f"{self.url}/presence")
-
-
-async def get_json(url: str):
-    response = await AsyncHTTPClient().fetch(url, request_timeout=5)
-    return ujson.loads(response.body)
-
-
-class Client:
-    """A presence websocket that keeps every message as it comes."""
-
-    def __init__(self) -> None:
-        self.inbox: asyncio.Queue = asyncio.Queue()
-
-    async def connect(self, instance: Instance) -> "Client":
-        self.conn = await websocket_connect(instance.url.replace("http", "ws") + "/presence",
-                                            on_message_callback=self.inbox.put_nowait)
-        welcome = await self.next()
-        self.socket_id = welcome["socketId"]
-        return self
-
-    async def next(self, timeout: float = 10.0) -> dict:
-        raw = await asyncio.wait_for(self.inbox.get(), timeout)
-        assert raw is not None, "socket closed"
-        return ujson.loads(raw)
-
-    async def presence_until(self, predicate, timeout: float) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            message = await self.next(max(0.01, deadline - time.monotonic()))
-            if message["type"] == "presence" and predicate(message["presence"]):
-                return message["presence"]
-
-    def send(self, message: dict) -> None:
-        self.conn.write_message(ujson.dumps(message))
-
-
-def watching(socket_id: str, video: str):
-    return lambda p: any(w["socketId"] == socket_id for w in p["videos"].get(video, []))
-
-
-class Scope:
-    """A fresh scope holding one small video, and the instances started on it."""
-
-    def __init__(self, uri: str, folder, instance_timeout: float = INSTANCE_TIMEOUT) -> None:
-        self.uri, self.folder, self.instance_timeout = uri, folder, instance_timeout
-        self.name = f"test-{uuid.uuid4().hex[:12]}"
-        video = folder / "clip.mp4"
-        video.write_bytes(random.Random(5).randbytes(100_000))
-        settings = settings_from_dict({"storage": {"backend": "pravega"},
-                                       "pravega": {"controller_uri": uri, "scope": self.name}})
-        item = NewVideo(id="clip", source_path=str(video), name="Clip", mime_type="video/mp4",
-                        duration_seconds=1.0, captions={}, poster=None)
-        ingest_into_pravega(settings, item, lambda done: None)
-        self.instances: list[Instance] = []
-
-    def start(self, name: str) -> Instance:
-        self.instances.append(Instance(self.folder, name, self.uri, self.name, self.instance_timeout).start())
-        return self.instances[-1]
-
-    def presence_stream(self) -> tuple[int, list]:
-        """The head offset of the scope's presence stream, and its records from there, as a replay reads them."""
-        reader = EventReader(stream_manager(self.uri), self.name, PRESENCE_STREAM)
-        head = reader.position
-        records, caught_up = reader.read_new()
-        assert caught_up
-        return head, [decode_record(data) for _, data in records]
-
-
 @pytest.fixture
 def scope(controller_uri, tmp_path):
-    scope = Scope(controller_uri, tmp_path)
+    scope = Scope(controller_uri, tmp_path, INSTANCE_TIMEOUT)
     yield scope
     for instance in scope.instances:
         instance.stop()

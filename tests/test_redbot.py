@@ -28,13 +28,13 @@ from configparser import ConfigParser
 
 import pytest
 import thor
-import ujson
 from httplint.note import levels
 from redbot.resource import HttpResource
 
 from handlers.app import routes
+from harness.http import get_json
+from harness.nodes import Server
 from media.filesystem_ingest import write_into_folder
-from tests.nodes import Server
 
 # Warnings REDbot gives that do not apply here, by note class: when each is expected (given
 # the note and the URL linted), and why.
@@ -52,11 +52,6 @@ EXPECTED_WARNINGS = {
 # How long REDbot may take over all its requests: a few hundred small requests
 # to two local servers take seconds; the bound allows a machine many times slower.
 LINT_TIMEOUT = 180
-
-
-def get_json(url: str):
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return ujson.loads(response.read())
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +95,7 @@ def origin_paths(origin: Server) -> list[str]:
 
 
 def node_paths(node: Server) -> list[str]:
-    have = get_json(f"{node.url}/videos/alpha/have")
+    have = asyncio.run(get_json(f"{node.url}/videos/alpha/have"))
     assert have["pieces"], "the node holds no piece of alpha after reading it whole"
     return [
         "/videos", "/videos/alpha", "/videos/alpha/stream", "/videos/alpha/captions", "/videos/alpha/captions/en",

@@ -30,9 +30,9 @@ from tornado.httpclient import AsyncHTTPClient
 from tornado.websocket import websocket_connect
 
 from handlers import tornado_internals
+from harness.loopback import PeakRss, open_fds, rss_kib
+from harness.server_process import ServerProcess
 from tests.conftest import make_config
-from tests.loopback import PeakRss, open_fds, rss_kib
-from tests.server_process import ServerProcess
 
 MiB = 1024 * 1024
 VIDEO_SIZE = 64 * MiB

@@ -11,8 +11,8 @@ import struct
 import pytest
 import ujson
 
+from harness.loopback import open_fds
 from tests.conftest import read_bytes
-from tests.loopback import open_fds
 
 
 # pytest-tornado asks for ``app`` by name at run time, too late to parametrize;

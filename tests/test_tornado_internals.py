@@ -29,7 +29,7 @@ from tornado.websocket import WebSocketClosedError, websocket_connect
 from handlers.tornado_internals import (
     body_sent_around, reason, response_header, sends_plain, socket_of, text_frame, write_shared_text,
 )
-from tests.loopback import until
+from harness.loopback import until
 
 BODY = b"hello"
 

@@ -16,13 +16,15 @@ import sys
 import time
 
 import pytest
-import tornado.httpserver
 import tornado.web
 import ujson
 from tornado.httpclient import AsyncHTTPClient
-from tornado.testing import bind_unused_port
 
 import api_paths
+from harness.in_process import listen
+from harness.loopback import free_port
+from harness.nodes import CountingProxy, Server, start_all
+from harness.server_process import ROOT
 from media.store import InvalidInput
 from peers import hops
 from peers.fetcher import PieceFetcher
@@ -30,9 +32,6 @@ from peers.hops import LoopDetected
 from peers.manifest import Manifest
 from peers.swarm import Swarm
 from peers.upstream import Upstream
-from tests.nodes import CountingProxy, Server, start_all
-from tests.server_process import ROOT
-from tests.loopback import free_port
 
 PIECE = 64 * 1024
 
@@ -108,13 +107,6 @@ class _Recorder(tornado.web.RequestHandler):
     get = head = _answer
 
 
-async def _serve(app: tornado.web.Application) -> tuple[str, tornado.httpserver.HTTPServer]:
-    sock, port = bind_unused_port()
-    server = tornado.httpserver.HTTPServer(app)
-    server.add_sockets([sock])
-    return f"http://127.0.0.1:{port}", server
-
-
 def test_every_request_to_the_upstream_carries_the_chain_and_a_508_is_passed_on():
     data = os.urandom(2 * PIECE)
     digests = tuple(hashlib.sha256(data[i : i + PIECE]).digest() for i in range(0, len(data), PIECE))
@@ -130,7 +122,8 @@ def test_every_request_to_the_upstream_carries_the_chain_and_a_508_is_passed_on(
 
     async def scenario():
         seen: list = []
-        url, server = await _serve(tornado.web.Application([(r".*", _Recorder, {"seen": seen, "answers": answers})]))
+        server, port = await listen(tornado.web.Application([(r".*", _Recorder, {"seen": seen, "answers": answers})]))
+        url = f"http://127.0.0.1:{port}"
         upstream = Upstream(url, "me")
         try:
             async def served_for_a_node_below():

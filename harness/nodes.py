@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import random
 import time
 from dataclasses import dataclass, field
 
@@ -26,17 +25,9 @@ import ujson
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from tornado.websocket import websocket_connect
 
-from tests.server_process import ServerProcess
-
-MiB = 1024 * 1024
-
-
-def write_random_video(path: str, size: int, seed: int = 1) -> bytes:
-    """``size`` pseudo-random bytes at ``path`` (named .mp4: only the bytes matter); returns them."""
-    data = random.Random(seed).randbytes(size)
-    with open(path, "wb") as f:
-        f.write(data)
-    return data
+from harness.http import get_json
+from harness.media import MiB
+from harness.server_process import ServerProcess
 
 
 class Server(ServerProcess):
@@ -96,11 +87,6 @@ async def start_all(*servers: Server, video: str | None = None) -> None:
     for server in servers:
         server.start()
     await asyncio.gather(*(s.ready(video=video) for s in servers))
-
-
-async def get_json(url: str) -> object:
-    response = await AsyncHTTPClient().fetch(url, request_timeout=10)
-    return ujson.loads(response.body)
 
 
 async def peer_urls(server: Server, video_id: str) -> list[str]:
