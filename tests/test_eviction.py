@@ -23,7 +23,7 @@ from harness.nodes import MiB, Server, Viewer, start_all
 from peers.eviction import HeldPieces
 from peers.pieces import SparseFilePieces, stored_on_disk
 from peers.pravega_pieces import PieceStreams, stream_prefix
-from tests.test_peers import PIECE, _streams_of, _until_held, manifest_of
+from tests.pieces import PIECE, manifest_of, streams_of, until_held
 
 # --- the policy ---------------------------------------------------------------
 
@@ -111,7 +111,7 @@ def test_the_appender_lists_and_deletes_streams_by_prefix(pravega_settings):
                 await storage.adopt(manifest_of(data, video_id=video_id))
                 for n in range(3):
                     await storage.put(n, data[n * PIECE : (n + 1) * PIECE])
-                await _until_held(storage, {0, 1, 2})
+                await until_held(storage, {0, 1, 2})
                 kept.append(storage)
             listed = await streams.appender.list("p-")
             counted = await streams.stored()
@@ -126,7 +126,7 @@ def test_the_appender_lists_and_deletes_streams_by_prefix(pravega_settings):
     assert sorted(listed) == sorted(names) and all(tail > 3 * PIECE for tail in listed.values())
     assert counted == {"one": 3 * PIECE, "two": 3 * PIECE}
     assert deleted == [names[0]] and names[0].startswith(stream_prefix("one")) and held_after == set()
-    assert _streams_of(pravega_settings) == [names[1]]
+    assert streams_of(pravega_settings) == [names[1]]
 
 
 # --- real nodes ---------------------------------------------------------------
@@ -221,30 +221,30 @@ def test_a_pravega_node_deletes_the_stream_of_an_evicted_video(servers, pravega_
     pravega = {"controller_uri": pravega_settings.controller_uri, "scope": pravega_settings.scope}
     origin, node, videos = _node_with_three_videos(servers, pravega=pravega)
 
-    def streams_of(video_id: str) -> list[str]:
-        return [s for s in _streams_of(pravega_settings) if s.startswith(stream_prefix(video_id))]
+    def streams_for(video_id: str) -> list[str]:
+        return [s for s in streams_of(pravega_settings) if s.startswith(stream_prefix(video_id))]
 
     async def scenario():
         await start_all(origin, node, video="c")
         viewer = Viewer(node.url)
         await _play_each(node, viewer, videos, "ab")
-        streams_before = {v: streams_of(v) for v in "ab"}
+        streams_before = {v: streams_for(v) for v in "ab"}
         await _play_each(node, viewer, videos, "c")
         await until(lambda: _holds_none(node, "a"), what="a evicted")
-        await until(lambda: not streams_of("a"), what="a's stream deleted")
+        await until(lambda: not streams_for("a"), what="a's stream deleted")
         # Pieces go into Pravega behind the client's reads: c's last ones may still be on their way.
         await until(lambda: _held_bytes_are(node, 2 * SIZE), what="b and c wholly in Pravega")
-        facts = {"before": streams_before, "after": {v: streams_of(v) for v in "abc"},
+        facts = {"before": streams_before, "after": {v: streams_for(v) for v in "abc"},
                  "health": (await get_json(f"{node.url}/healthz"))["store"]}
         again = await viewer.play("a")
         await until(lambda: _holds_all(node, "a"), what="all of a held again")
-        await until(lambda: not streams_of("b"), what="b's stream deleted once a came back")
+        await until(lambda: not streams_for("b"), what="b's stream deleted once a came back")
         # Counted at start from the streams' headers: restarted with room for one video, a or c goes.
         node.stop()
         node.peer["max_held_bytes"] = SIZE + SIZE // 2
         node.start()
         await node.ready(video="c")
-        await until(lambda: len(_streams_of(pravega_settings)) == 1, what="one stream left", timeout=20)
+        await until(lambda: len(streams_of(pravega_settings)) == 1, what="one stream left", timeout=20)
         viewer.close()
         return again, facts
 

@@ -12,7 +12,6 @@ else a closed connection; and the server keeps serving everyone else.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import logging
@@ -29,6 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import backends
+from harness.clients import BINARY, CLOSE, CONTINUATION, PING, TEXT, frame, upgrade_request
 from harness.in_process import ServingInThread
 from tests.conftest import make_config
 
@@ -491,28 +491,7 @@ def test_idle_and_half_sent_connections_do_not_block_others(clean):
 
 # ---------------------------------------------------------------- raw websocket
 
-TEXT, BINARY, CONTINUATION, CLOSE, PING = 0x1, 0x2, 0x0, 0x8, 0x9
 CLOSED = "closed"
-
-
-def frame(opcode: int, payload: bytes, fin: bool = True, masked: bool = True, rsv: int = 0,
-          length: int | None = None) -> bytes:
-    """One websocket frame as a client sends it; ``length`` may claim a size other than the payload's."""
-    length = len(payload) if length is None else length
-    head = bytes([(0x80 if fin else 0) | rsv << 4 | opcode])
-    mask_bit = 0x80 if masked else 0
-    if length < 126:
-        head += bytes([mask_bit | length])
-    elif length < 1 << 16:
-        head += bytes([mask_bit | 126]) + struct.pack(">H", length)
-    else:
-        head += bytes([mask_bit | 127]) + struct.pack(">Q", length)
-    if not masked:
-        return head + payload
-    mask = os.urandom(4)
-    repeated = (mask * (len(payload) // 4 + 1))[: len(payload)]
-    body = (int.from_bytes(payload, "big") ^ int.from_bytes(repeated, "big")).to_bytes(len(payload), "big")
-    return head + mask + body
 
 
 class RawWebSocket:
@@ -520,9 +499,7 @@ class RawWebSocket:
 
     def __init__(self, port: int) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=ANSWER_TIMEOUT)
-        key = base64.b64encode(os.urandom(16))
-        self.sock.sendall(b"GET /presence HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                          b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        self.sock.sendall(upgrade_request())
         self.buffer = b""
         self.closed = False
         while b"\r\n\r\n" not in self.buffer:

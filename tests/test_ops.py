@@ -10,7 +10,6 @@ an origin sent SIGTERM with streams and websockets open.
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import signal
 import socket
@@ -23,13 +22,13 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
 from handlers import catalog, tornado_internals
+from harness.clients import silent_websocket, stalled_stream
 from harness.loopback import until
 from harness.media import write_random_video
 from harness.nodes import MiB, Server, start_all
 from tests.conftest import make_config, read_bytes
 
 BIG = 32 * MiB
-CLIENT_RCVBUF = 4096
 
 
 @pytest.fixture
@@ -60,28 +59,6 @@ async def metrics(http_client, base_url) -> str:
     response = await http_client.fetch(f"{base_url}/metrics")
     assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
     return response.body.decode()
-
-
-def stalled_stream(port: int, headers: dict[str, str]) -> socket.socket:
-    """A socket that has asked for the big video and does not read: its stream stays open until it closes."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, CLIENT_RCVBUF)
-    sock.connect(("127.0.0.1", port))
-    lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    sock.sendall(f"GET /videos/big/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n{lines}\r\n".encode())
-    return sock
-
-
-def silent_websocket(port: int) -> socket.socket:
-    """A websocket that completes its handshake and then never reads nor answers, a close included."""
-    sock = socket.create_connection(("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall((
-        f"GET /presence HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    ).encode())
-    assert sock.recv(12) == b"HTTP/1.1 101"
-    return sock
 
 
 # ---------------------------------------------------------------- /metrics
@@ -122,7 +99,7 @@ async def test_metrics_parse_and_count_requests_streams_and_websockets(app, http
 
 @pytest.mark.gen_test
 async def test_active_streams_counts_a_body_in_flight(app, http_server, http_client, base_url, http_port):
-    sock = stalled_stream(http_port, {})
+    sock = stalled_stream(http_port, "/videos/big/stream")
     try:
         await until(lambda: len(app.streams) == 1, timeout=5, what="the stream to start")
         assert sample(await metrics(http_client, base_url), "binge_active_streams") == 1
@@ -209,7 +186,7 @@ async def test_an_unexpected_error_is_one_json_line_with_its_traceback_never_sen
 @TWO_OF_EACH_TRUSTING_LOOPBACK
 @pytest.mark.gen_test
 async def test_streams_past_the_per_address_limit_get_429_others_are_served(app, http_client, base_url, http_port):
-    held = [stalled_stream(http_port, FROM_A) for _ in range(2)]
+    held = [stalled_stream(http_port, "/videos/big/stream", FROM_A) for _ in range(2)]
     try:
         await until(lambda: len(app.streams) == 2, timeout=5, what="two streams")
         refused = await http_client.fetch(f"{base_url}/videos/alpha/stream", headers=FROM_A, raise_error=False)
@@ -260,7 +237,7 @@ async def test_websockets_past_the_per_address_limit_are_refused_before_the_upgr
 async def test_a_cut_stream_ends_quietly_and_frees_its_slot(app, http_server, http_port, caplog, monkeypatch, path):
     if path == "chunks":  # what TLS and stores without a local file take: every stream passes for TLS here
         monkeypatch.setattr(tornado_internals, "sends_plain", lambda connection: False)
-    sock = stalled_stream(http_port, {})
+    sock = stalled_stream(http_port, "/videos/big/stream")
     await until(lambda: len(app.streams) == 1, timeout=5, what="the stream to start")
     with caplog.at_level("INFO"):
         app.streams.cut_all()
@@ -290,8 +267,8 @@ async def _sigterm_scenario(tmp_path) -> None:
         await server.ready(video="big")
         ws = await websocket_connect(f"ws://127.0.0.1:{server.port}/presence")
         await ws.read_message()
-        silent = silent_websocket(server.port)
-        slow = stalled_stream(server.port, {})
+        silent = silent_websocket(server.port, rcvbuf=None)
+        slow = stalled_stream(server.port, "/videos/big/stream")
         await asyncio.sleep(0.5)  # the stream is under way, its buffers full
 
         signalled = time.monotonic()

@@ -47,13 +47,7 @@ from peers.swarm import Swarm
 from peers.upstream import Upstream
 from settings import PravegaSettings, StorageSettings
 from tests.conftest import read_bytes
-
-PIECE = 64 * 1024
-
-
-def manifest_of(data: bytes, piece_size: int = PIECE, video_id: str = "v", etag: str = '"v1"') -> Manifest:
-    digests = tuple(hashlib.sha256(data[i : i + piece_size]).digest() for i in range(0, len(data), piece_size))
-    return Manifest(video_id, len(data), piece_size, digests, etag)
+from tests.pieces import PIECE, manifest_of, streams_of, until_held
 
 
 # --- the parts ---------------------------------------------------------------
@@ -79,7 +73,7 @@ def test_origin_computes_manifests_ahead_and_keeps_them(tmp_path, monkeypatch):
     monkeypatch.setattr(manifest_cache, "PRECOMPUTE_DELAY", 0.05)
     library = tmp_path / "library"
     library.mkdir()
-    (library / "one.mp4").write_bytes(os.urandom(3 * PIECE))
+    write_random_video(str(library / "one.mp4"), 3 * PIECE, seed=1)
     saved = tmp_path / "cache" / "manifests"
 
     async def scenario():
@@ -89,7 +83,7 @@ def test_origin_computes_manifests_ahead_and_keeps_them(tmp_path, monkeypatch):
         cache.follow_catalog()
         await asyncio.sleep(0.5)
         first = sorted(os.listdir(saved))
-        (library / "two.mp4").write_bytes(os.urandom(PIECE + 1))
+        write_random_video(str(library / "two.mp4"), PIECE + 1, seed=2)
         await store.rescan()  # what the scan every storage.scan_interval does
         await asyncio.sleep(0.5)
         written = os.stat(saved / "two.json").st_mtime_ns
@@ -158,23 +152,6 @@ def test_sparse_pieces_survive_a_restart_and_catch_corruption(tmp_path):
     assert os.path.getsize(tmp_path / "v.data") == PIECE
 
 
-def _streams_of(settings: PravegaSettings) -> list[str]:
-    from pravega_workers.blocking import stream_manager
-
-    return sorted(name for name in stream_manager(settings.controller_uri).list_stream(settings.scope)
-                  if not name.startswith("_"))
-
-
-async def _until_held(storage, pieces: set[int], seconds: float = 2.0) -> None:
-    """Pieces are appended in the background: waits until the storage holds ``pieces``."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if storage.held() == pieces and not storage._waiting:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"held {storage.held()}, waiting {set(storage._waiting)}, not {pieces}")
-
-
 @pytest.mark.pravega
 def test_pravega_prefix_survives_a_restart_and_catches_corruption(pravega_settings):
     data = os.urandom(20 * PIECE + 1000)
@@ -206,7 +183,7 @@ def test_pravega_prefix_survives_a_restart_and_catches_corruption(pravega_settin
         await storage.put(0, piece(0))
         # Beyond the read-ahead's reach of the prefix: streamed through, not kept.
         await storage.put(2 + READ_AHEAD + 1, piece(2 + READ_AHEAD + 1))
-        await _until_held(storage, {0, 1})
+        await until_held(storage, {0, 1})
 
     async def second_run(streams, storage):
         assert storage.held() == {0, 1}
@@ -214,7 +191,7 @@ def test_pravega_prefix_survives_a_restart_and_catches_corruption(pravega_settin
         for n in range(2, 20):
             await storage.put(n, piece(n))
         await storage.put(20, data[20 * PIECE :])
-        await _until_held(storage, set(range(21)))
+        await until_held(storage, set(range(21)))
         assert await storage.get(20) == data[20 * PIECE :]
         return storage.stream
 
@@ -239,9 +216,9 @@ def test_pravega_prefix_survives_a_restart_and_catches_corruption(pravega_settin
 
     asyncio.run(run_node(first_run))
     stream = asyncio.run(run_node(second_run))
-    assert _streams_of(pravega_settings) == [stream]
+    assert streams_of(pravega_settings) == [stream]
     asyncio.run(run_node(another_version))
-    assert len(_streams_of(pravega_settings)) == 1 and _streams_of(pravega_settings) != [stream]
+    assert len(streams_of(pravega_settings)) == 1 and streams_of(pravega_settings) != [stream]
     asyncio.run(run_node(back_to_the_first))
     asyncio.run(run_node(wrong_bytes_in_the_prefix))
     asyncio.run(run_node(third_run))
@@ -269,7 +246,7 @@ def test_pravega_pieces_are_kept_again_once_pravega_answers_again(private_praveg
         await asyncio.sleep(0.6)
         for n in range(4):
             await storage.put(n, pieces[n])
-        await _until_held(storage, {0, 1, 2, 3}, seconds=20)
+        await until_held(storage, {0, 1, 2, 3}, seconds=20)
         back = [await storage.get(n) for n in range(4)]
         storage.close()
         streams.close()
@@ -631,7 +608,7 @@ def test_a_pravega_node_keeps_the_verified_prefix_and_streams_the_rest_through(s
     assert sources == {"local": len(data), "peers": 0, "origin": 0}, sources
     assert health["store"]["piecesHeld"] == {"big": 33}
     # One stream holds them, and nothing went to the node's disk.
-    assert len(_streams_of(pravega_settings)) == 1
+    assert len(streams_of(pravega_settings)) == 1
     assert not os.path.exists(os.path.join(node.library, ".pieces"))
 
 

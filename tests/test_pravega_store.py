@@ -19,6 +19,7 @@ import uuid
 import pytest
 
 from harness.loopback import until
+from harness.media import write_random_video
 from media.pravega_catalog import stream_prefix
 from media.pravega_store import PravegaStore, ingest_into_pravega
 from media.store import NewVideo, NotFound, Unavailable
@@ -46,7 +47,7 @@ def settings(controller_uri):
 def big_file(tmp_path_factory):
     """20 MiB of random bytes: the store never looks inside, and 20 MiB takes several 8 MiB appends."""
     path = tmp_path_factory.mktemp("pravega") / "big.mp4"
-    path.write_bytes(random.Random(7).randbytes(20 * 1024 * 1024 + 12345))
+    write_random_video(str(path), 20 * 1024 * 1024 + 12345, seed=7)
     return path
 
 

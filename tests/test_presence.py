@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import socket
 import time
@@ -15,6 +14,7 @@ from hypothesis import strategies as st
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
+from harness.clients import upgrade_request
 from ops.limits import TokenBucket, Verdict
 from presence.broadcast import Broadcaster
 from presence.messages import BadMessage, check_peer
@@ -497,11 +497,7 @@ class RawClient:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         sock.setblocking(False)
         await loop.sock_connect(sock, ("127.0.0.1", port))
-        key = base64.b64encode(os.urandom(16)).decode()
-        await loop.sock_sendall(sock, (
-            f"GET /presence HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        ).encode())
+        await loop.sock_sendall(sock, upgrade_request(host=f"127.0.0.1:{port}"))
         client = cls(sock)
         head = await client._read_until(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 101")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
-import os
 import re
 import socket
 import time
@@ -30,11 +29,12 @@ from tornado.httpclient import AsyncHTTPClient
 from tornado.websocket import websocket_connect
 
 from handlers import tornado_internals
+from harness.clients import TEXT, frame, silent_websocket, stalled_stream
 from harness.loopback import PeakRss, open_fds, rss_kib
+from harness.media import MiB, write_unprobed_video
 from harness.server_process import ServerProcess
 from tests.conftest import make_config
 
-MiB = 1024 * 1024
 VIDEO_SIZE = 64 * MiB
 STALLED = 200
 # Longer than making the 400 stalled clients takes on a slow, busy machine (3 s seen on a busy one of
@@ -42,60 +42,21 @@ STALLED = 200
 STALL_TIMEOUT = 10.0
 RSS_BUDGET_KIB = 64 * 1024
 PEER_URL = "http://127.0.0.1/" + "p" * 1000
-# Small receive buffers, so that a stalled client stops taking bytes soon.
-CLIENT_RCVBUF = 4096
-
-
-def write_video(library: str, video_id: str, size: int) -> bytes:
-    """``size`` random bytes as ``<video_id>.mp4``, with a duration so that nothing probes them."""
-    data = os.urandom(size)
-    with open(os.path.join(library, f"{video_id}.mp4"), "wb") as f:
-        f.write(data)
-    with open(os.path.join(library, f"{video_id}.json"), "w") as f:
-        ujson.dump({"durationSeconds": 60}, f)
-    return data
-
-
-def raw_client(port: int, request: bytes) -> socket.socket:
-    """A blocking socket with a small receive buffer that has sent ``request``."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, CLIENT_RCVBUF)
-    sock.connect(("127.0.0.1", port))
-    sock.sendall(request)
-    return sock
-
-
-def stalled_stream(port: int) -> socket.socket:
-    return raw_client(port, b"GET /videos/big/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
 
 
 def answered_stalled_stream(port: int) -> socket.socket:
     """A stalled stream whose answer has begun: the server holds it open, sending the body."""
-    sock = stalled_stream(port)
+    sock = stalled_stream(port, "/videos/big/stream")
     # Peeked, not read: the client still takes nothing off its receive buffer.
     assert sock.recv(12, socket.MSG_PEEK) == b"HTTP/1.1 200"
     return sock
 
 
-def masked_text_frame(text: str) -> bytes:
-    """A client's websocket text frame (RFC 6455 5.2); the mask is all zeros, which leaves the payload as is."""
-    payload = text.encode()
-    assert 126 <= len(payload) < 1 << 16
-    return bytes([0x81, 0x80 | 126]) + len(payload).to_bytes(2, "big") + b"\0\0\0\0" + payload
-
-
 def stalled_websocket(port: int) -> socket.socket:
     """A presence websocket that watches the video with a long peer URL, then never reads again."""
-    sock = raw_client(port, (
-        "GET /presence HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    ).encode())
-    answer = b""
-    while b"\r\n\r\n" not in answer:
-        answer += sock.recv(4096)
-    assert answer.startswith(b"HTTP/1.1 101"), answer[:200]
-    sock.sendall(masked_text_frame(ujson.dumps({"type": "watch", "video": "big", "peer": PEER_URL},
-                                                escape_forward_slashes=False)))
+    sock = silent_websocket(port)
+    sock.sendall(frame(TEXT, ujson.dumps({"type": "watch", "video": "big", "peer": PEER_URL},
+                                         escape_forward_slashes=False).encode()))
     return sock
 
 
@@ -171,7 +132,7 @@ def server(tmp_path):
     """``(process, port, video bytes)``: server.py on a library holding the 64 MiB video ``big``."""
     library = tmp_path / "library"
     library.mkdir()
-    video = write_video(str(library), "big", VIDEO_SIZE)
+    video = write_unprobed_video(str(library / "big.mp4"), VIDEO_SIZE)
     server = ServerProcess(tmp_path, {
         "server": {"stall_timeout": STALL_TIMEOUT, "shutdown_grace": 1},
         "storage": {"library": str(library), "cache_dir": str(tmp_path / "cache")},
@@ -265,7 +226,7 @@ CHUNKED_STALL_TIMEOUT = 0.5
 
 @pytest.fixture
 def config(tmp_path, library):
-    write_video(str(library), "big", 8 * MiB)
+    write_unprobed_video(str(library / "big.mp4"), 8 * MiB)
     return make_config(tmp_path, server={"stall_timeout": CHUNKED_STALL_TIMEOUT})
 
 
@@ -274,7 +235,7 @@ async def test_chunked_path_drops_a_client_that_stops_reading(http_server, http_
     # Over TLS the body goes out in chunks, as from a store without local
     # files: here every connection passes for a TLS one.
     monkeypatch.setattr(tornado_internals, "sends_plain", lambda connection: False)
-    sock = stalled_stream(http_port)
+    sock = stalled_stream(http_port, "/videos/big/stream")
     sock.setblocking(False)
     await asyncio.sleep(CHUNKED_STALL_TIMEOUT + 1)
     loop = asyncio.get_running_loop()

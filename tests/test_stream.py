@@ -5,13 +5,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
-import socket
-import struct
 
 import pytest
 import ujson
 
-from harness.loopback import open_fds
 from tests.conftest import read_bytes
 
 
@@ -167,34 +164,3 @@ async def test_cors_preflight(http_client, base_url):
     assert "Range" in r.headers["Access-Control-Allow-Headers"]
     assert r.headers["Access-Control-Allow-Origin"] == "*"
 
-
-@pytest.fixture(scope="session")
-def big_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("big") / "big.mp4"
-    path.write_bytes(random.Random(3).randbytes(64 * 1024 * 1024))
-    return path
-
-
-@pytest.mark.gen_test(timeout=60)
-async def test_client_leaving_mid_body_releases_everything(http_client, base_url, ingest, sample_videos, big_file):
-    """A client that hangs up after a few bytes leaves no open file, reader or task behind."""
-    ingest(dataclasses.replace(sample_videos[0], id="big", source_path=str(big_file), captions={}))
-    await wait_for_video(http_client, base_url, "big")
-    await asyncio.sleep(0.05)
-    fds, tasks = open_fds(), len(asyncio.all_tasks())
-    port = int(base_url.rsplit(":", 1)[1])
-    for _ in range(5):
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"GET /videos/big/stream HTTP/1.1\r\nHost: x\r\n\r\n")
-        await reader.readexactly(64 * 1024)
-        # RST instead of FIN, as a player that gives up does.
-        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        writer.close()
-    for _ in range(50):
-        if open_fds() <= fds and len(asyncio.all_tasks()) <= tasks:
-            break
-        await asyncio.sleep(0.1)
-    assert open_fds() <= fds
-    assert len(asyncio.all_tasks()) <= tasks
-    r = await fetch(http_client, base_url, "/videos/big/stream", Range="bytes=0-9")
-    assert (r.code, r.body) == (206, big_file.read_bytes()[:10])

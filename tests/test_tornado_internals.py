@@ -8,7 +8,6 @@ function in handlers/tornado_internals.py, and every caller follows.
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
 import os
 import socket
@@ -29,6 +28,7 @@ from tornado.websocket import WebSocketClosedError, websocket_connect
 from handlers.tornado_internals import (
     body_sent_around, reason, response_header, sends_plain, socket_of, text_frame, write_shared_text,
 )
+from harness.clients import upgrade_request
 from harness.loopback import until
 
 BODY = b"hello"
@@ -225,10 +225,7 @@ async def stalled_websocket(port: int, size: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.setblocking(False)
     await loop.sock_connect(sock, ("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    await loop.sock_sendall(sock, (
-        f"GET /ws?size={size} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    await loop.sock_sendall(sock, upgrade_request(f"/ws?size={size}"))
     return sock
 
 

@@ -8,7 +8,6 @@ retried), then real ``server.py`` nodes on loopback whose upstreams loop.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import re
 import subprocess
@@ -23,17 +22,16 @@ from tornado.httpclient import AsyncHTTPClient
 import api_paths
 from harness.in_process import listen
 from harness.loopback import free_port
+from harness.media import write_random_video
 from harness.nodes import CountingProxy, Server, start_all
 from harness.server_process import ROOT
 from media.store import InvalidInput
 from peers import hops
 from peers.fetcher import PieceFetcher
 from peers.hops import LoopDetected
-from peers.manifest import Manifest
 from peers.swarm import Swarm
 from peers.upstream import Upstream
-
-PIECE = 64 * 1024
+from tests.pieces import PIECE, manifest_of
 
 
 # --- the header on its own -------------------------------------------------------
@@ -109,8 +107,7 @@ class _Recorder(tornado.web.RequestHandler):
 
 def test_every_request_to_the_upstream_carries_the_chain_and_a_508_is_passed_on():
     data = os.urandom(2 * PIECE)
-    digests = tuple(hashlib.sha256(data[i : i + PIECE]).digest() for i in range(0, len(data), PIECE))
-    manifest = Manifest("v", len(data), PIECE, digests, '"v1"')
+    manifest = manifest_of(data)
     validators = {"ETag": '"v1"', "Last-Modified": "Sun, 06 Nov 1994 08:49:37 GMT"}
     answers = {
         "/videos": (200, {}, ujson.dumps([{"id": "v"}])),
@@ -255,8 +252,7 @@ def test_a_node_whose_upstream_is_its_own_address_does_not_start(tmp_path):
 def test_a_healthy_chain_passes_the_guard(servers):
     """origin <- a <- b: b's requests reach the origin through a, and b learns a's catalog."""
     origin = servers("origin")
-    with open(os.path.join(origin.library, "v.mp4"), "wb") as f:
-        f.write(os.urandom(3 * PIECE))
+    write_random_video(os.path.join(origin.library, "v.mp4"), 3 * PIECE)
     a = servers("a", upstream=origin.url)
     b = servers("b", upstream=a.url)
 
