@@ -18,7 +18,7 @@ def manifest_of(data: bytes, piece_size: int = PIECE, video_id: str = "v", etag:
 
 
 def streams_of(settings: PravegaSettings) -> list[str]:
-    from media.pravega_io import stream_manager
+    from pravega_workers.blocking import stream_manager
 
     return sorted(name for name in stream_manager(settings.controller_uri).list_stream(settings.scope)
                   if not name.startswith("_"))
