@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
-import ujson
 
+from harness.http import get_json
 from harness.loopback import free_port
+from harness.server_process import ServerProcess
 from settings import ConfigError, load_settings, settings_from_dict
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
@@ -93,23 +93,17 @@ def test_server_reports_a_taken_port_in_one_line(tmp_path, library):
 
 
 def test_server_runs_and_stops_on_sigterm(tmp_path, library):
-    (tmp_path / "c.yaml").write_text(f"storage:\n  library: {library}\n  cache_dir: {tmp_path / 'cache'}\n")
     port = free_port()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "server.py"), "--config", str(tmp_path / "c.yaml"), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # The port on the command line, as an operator would give it; the config names it too, for the readiness check.
+    server = ServerProcess(tmp_path, {"server": {"port": port},
+                                      "storage": {"library": str(library), "cache_dir": str(tmp_path / "cache")}},
+                           ready_path="/videos", launcher=[sys.executable, str(ROOT / "server.py"), "--port", str(port)])
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/videos", timeout=2) as r:
-                    videos = ujson.loads(r.read())
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read() if proc.poll() is not None else "timeout"
-                time.sleep(0.2)
+        server.start().wait_until_serving(20)
+        videos = asyncio.run(get_json(f"{server.url}/videos"))
         assert [v["id"] for v in videos] == ["alpha", "beta"]
     finally:
-        proc.terminate()
-        output, _ = proc.communicate(timeout=20)
-    assert proc.returncode == 0, output
+        server.stop(timeout=20)
+    output = server.log_tail(lines=10_000)
+    assert server.process.returncode == 0, output
     assert "Traceback" not in output

@@ -144,11 +144,8 @@ def server(tmp_path):
         # on a busy machine.
         "presence": {"ping_interval": 4, "ping_timeout": 4},
     }, log_level="WARNING")
-    try:
-        server.start().wait_until_serving()
+    with server:
         yield server.process, server.port, video
-    finally:
-        server.stop()
 
 
 def test_stalled_clients_are_dropped_and_cost_bounded_memory(server):
