@@ -25,11 +25,11 @@ import time
 
 import pytest
 import ujson
-from tornado.httpclient import AsyncHTTPClient
 from tornado.websocket import websocket_connect
 
 from handlers import tornado_internals
 from harness.clients import TEXT, frame, silent_websocket, stalled_stream
+from harness.http import get_json
 from harness.loopback import PeakRss, open_fds, rss_kib
 from harness.media import MiB, write_unprobed_video
 from harness.server_process import ServerProcess
@@ -202,7 +202,7 @@ def test_stalled_clients_are_dropped_and_cost_bounded_memory(server):
         assert growth_peak < RSS_BUDGET_KIB and growth_after < RSS_BUDGET_KIB
 
         # The normal websocket is in step with presence once the changes stop.
-        final = ujson.loads((await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/presence")).body)["version"]
+        final = (await get_json(f"http://127.0.0.1:{port}/presence"))["version"]
         for _ in range(50):
             if listener.version == final:
                 break

@@ -17,9 +17,9 @@ import time
 import pytest
 import tornado.web
 import ujson
-from tornado.httpclient import AsyncHTTPClient
 
 import api_paths
+from harness.http import fetch_json
 from harness.in_process import listen
 from harness.loopback import free_port
 from harness.media import write_random_video
@@ -163,8 +163,8 @@ def test_every_request_to_the_upstream_carries_the_chain_and_a_508_is_passed_on(
 async def _get(url: str):
     """(status, JSON body, seconds taken) of a GET, errors included."""
     began = time.monotonic()
-    r = await AsyncHTTPClient().fetch(url, raise_error=False, request_timeout=30)
-    return r.code, ujson.loads(r.body) if r.body else None, time.monotonic() - began
+    code, body, _ = await fetch_json(url, timeout=30)
+    return code, body, time.monotonic() - began
 
 
 async def _health_until(server: Server, says: str, timeout: float = 20.0) -> dict:
