@@ -158,6 +158,21 @@ def big(ingest, sample_videos, big_file):
     return read_bytes(big_file)
 
 
+@contextlib.asynccontextmanager
+async def serving_big(config, *also_read: str):
+    """The app for ``config`` once it lists ``big``: yields (app, port, what it holds).
+
+    A first byte of ``big`` and of each of ``also_read`` is read before
+    counting, so what a first request builds (manifests, caches, readers)
+    is in the baseline.
+    """
+    async with serving(config) as (app, port):
+        await wait_for_video(port, "big")
+        for video_id in (*also_read, "big"):
+            assert (await get(port, f"/videos/{video_id}/stream", Range="bytes=0-0"))[0] == 206
+        yield app, port, await census(app)
+
+
 # ---------------------------------------------------------------- clients that vanish
 
 
@@ -192,11 +207,7 @@ async def test_clients_that_hang_up_at_once_or_mid_body_leave_nothing_behind(con
     """Clients that hang up right after asking for a video, or after a few bytes of its body, cost
     the server nothing: no error logged, no task, file, child or reader left, and the next
     request gets the right bytes."""
-    async with serving(config) as (app, port):
-        await wait_for_video(port, "big")
-        assert (await get(port, "/videos/alpha/stream", Range="bytes=0-0"))[0] == 206
-        assert (await get(port, "/videos/big/stream", Range="bytes=0-0"))[0] == 206
-        baseline = await census(app)
+    async with serving_big(config, "alpha") as (app, port, baseline):
         for how in ("reset", "close", "half-close") * 10:
             await asyncio.to_thread(hang_up, port, how)
         for _ in range(5):
@@ -219,10 +230,7 @@ async def test_a_library_file_that_changes_mid_body_gives_a_short_body_never_wro
         config, big, caplog, fault):
     """A video file truncated or removed while it is being sent: the client gets a prefix of
     the bytes it asked for, cut short (with the connection closed) or whole, and the server goes on."""
-    async with serving(config) as (app, port):
-        await wait_for_video(port, "big")
-        assert (await get(port, "/videos/big/stream", Range="bytes=0-0"))[0] == 206
-        baseline = await census(app)
+    async with serving_big(config) as (app, port, baseline):
         download = await Download.start(port, "/videos/big/stream")
         assert (download.status, download.length) == (200, len(big))
         first = await download.read(64 * 1024)
@@ -259,10 +267,7 @@ def reader_workers() -> list[int]:
 async def test_a_reader_worker_killed_mid_body_gives_a_short_body_never_wrong_bytes(config, big, caplog):
     """The Pravega reader workers SIGKILLed while a video is being sent: the client gets a prefix
     of its bytes, whole or cut short, no read stays open, and the next request is served."""
-    async with serving(config) as (app, port):
-        await wait_for_video(port, "big")
-        assert (await get(port, "/videos/big/stream", Range="bytes=0-0"))[0] == 206
-        baseline = await census(app)
+    async with serving_big(config) as (app, port, baseline):
         download = await Download.start(port, "/videos/big/stream")
         first = await download.read(64 * 1024)
         assert (await app.store.health())["readsInProgress"] == 1
