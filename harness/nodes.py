@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 
 import ujson
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+from tornado.httpclient import AsyncHTTPClient
 from tornado.websocket import websocket_connect
 
 from harness.http import get_json
@@ -60,21 +60,6 @@ class Server(ServerProcess):
             self.config["storage"]["backend"] = "pravega"
         super().start()
         return self
-
-    async def ready(self, timeout: float = 15.0, video: str | None = None) -> None:
-        """Waits until the server answers ``/videos`` (listing ``video``, if given)."""
-        deadline = time.monotonic() + timeout
-        await self.serving(timeout)
-        while True:
-            try:
-                videos = await get_json(f"{self.url}/videos")
-                if video is None or any(v["id"] == video for v in videos):
-                    return
-            except (OSError, HTTPClientError):
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name} not ready after {timeout} s:\n{self.log_tail()}")
-            await asyncio.sleep(0.05)
 
     def pieces_file(self, video_id: str) -> str:
         return os.path.join(self.library, ".pieces", f"{video_id}.data")

@@ -37,12 +37,8 @@ class Instance(ServerProcess):
         }, name)
 
     async def ready(self, timeout: float = 20.0) -> None:
-        """Waits until the server answers and has replayed the catalog."""
-        deadline = time.monotonic() + timeout
-        await self.serving(timeout)
-        while not await get_json(f"{self.url}/videos", timeout=5):
-            assert time.monotonic() < deadline, f"{self.name} not ready:\n{self.log_tail()}"
-            await asyncio.sleep(0.1)
+        """Waits until the server answers and has replayed the catalog, which holds ``clip``."""
+        await super().ready(timeout, video="clip")
 
     async def presence(self) -> dict:
         return await get_json(f"{self.url}/presence", timeout=5)

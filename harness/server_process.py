@@ -23,7 +23,9 @@ import urllib.error
 import urllib.request
 
 import yaml
+from tornado.httpclient import HTTPClientError
 
+from harness.http import get_json
 from harness.loopback import free_port, stop_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -141,7 +143,8 @@ class ServerProcess(ListeningProcess):
     It is ready once ``/healthz`` answers at all (a degraded store answers
     too), or, with ``ready_path``, once that path answers a HEAD with a
     success. ``launcher`` is the command that runs ``server.py``'s main
-    (a wrapper that measures it, say); the arguments follow it.
+    (a wrapper that measures it, say); the arguments follow it. :meth:`ready`
+    waits further, until the catalog lists a given video.
     """
 
     def __init__(self, folder: str | os.PathLike, config: dict, name: str = "server",
@@ -155,6 +158,21 @@ class ServerProcess(ListeningProcess):
         # $BINGE_LOG_LEVEL (DEBUG, say) shows more of what a failing test's servers did.
         self.log_level = log_level or os.environ.get("BINGE_LOG_LEVEL", "INFO")
         self.launcher = launcher or [sys.executable, os.path.join(ROOT, "server.py")]
+
+    async def ready(self, timeout: float = 15.0, video: str | None = None) -> None:
+        """Waits until the server answers ``/videos`` (listing ``video``, if given)."""
+        deadline = time.monotonic() + timeout
+        await self.serving(timeout)
+        while True:
+            try:
+                videos = await get_json(f"{self.url}/videos")
+                if video is None or any(v["id"] == video for v in videos):
+                    return
+            except (OSError, HTTPClientError):
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} not ready after {timeout} s:\n{self.log_tail()}")
+            await asyncio.sleep(0.05)
 
     def command(self) -> list[str]:
         return [*self.launcher, "--config", self.config_path, "--log-level", self.log_level]
