@@ -20,11 +20,15 @@ class SingleFlight(Generic[T]):
         self._tasks: dict[Hashable, asyncio.Future[T]] = {}
 
     async def run(self, key: Hashable, start: Callable[[], Awaitable[T]]) -> T:
+        return await asyncio.shield(self.task(key, start))
+
+    def task(self, key: Hashable, start: Callable[[], Awaitable[T]]) -> asyncio.Future[T]:
+        """The task in flight for ``key``, started now if there is none; for callers that need not wait."""
         task = self._tasks.get(key)
         if task is None:
             task = self._tasks[key] = asyncio.ensure_future(start())
             task.add_done_callback(lambda _: self._tasks.pop(key, None))
-        return await asyncio.shield(task)
+        return task
 
     def in_flight(self) -> list[asyncio.Future[T]]:
         return [task for task in self._tasks.values() if not task.done()]

@@ -30,6 +30,7 @@ from typing import Callable
 import ujson
 
 from media.catalog import LIVE_FIELDS, record_from_json
+from media.single_flight import SingleFlight
 from media.store import InvalidInput, NotFound, StoreError, Unavailable, VideoRecord
 from peers import hops
 from peers.upstream import Upstream
@@ -49,7 +50,8 @@ class UpstreamCatalog:
         self.loop: str | None = None
         # id -> (the video object less its live fields, etag, last modified)
         self._validators: dict[str, tuple[str, str, float]] = {}
-        self._refreshing: asyncio.Task | None = None
+        # The refreshes running, by the chain of the request each was made for.
+        self._refreshing: SingleFlight[None] = SingleFlight()
         # What was wrong with the videos left out last time, so each is logged once.
         self._problems: set[str] = set()
 
@@ -58,19 +60,21 @@ class UpstreamCatalog:
         while True:
             await asyncio.sleep(self.interval)
             try:
-                # Through refresh_soon: one started by a request meanwhile is joined, not run beside.
+                # Through refresh_soon: one started meanwhile with no chain is joined, not run beside.
                 await asyncio.shield(self.refresh_soon())
             except Exception:
                 log.exception("reading the upstream's catalog failed")
 
-    def refresh_soon(self) -> asyncio.Task:
-        """Starts a refresh unless one started here is running; returns it.
+    def refresh_soon(self) -> asyncio.Future[None]:
+        """Starts a refresh unless one for the same chain is running here; returns it.
 
-        The refresh carries the chain of the request that started it (see :mod:`peers.hops`).
+        The refresh carries the chain of the request that started it (see
+        :mod:`peers.hops`), so a request joins only a refresh made with its own
+        chain. Joining one made for another would hide a loop of upstreams: two
+        nodes, each waiting on a refresh the other's request joined, would wait
+        on each other until both timed out, and again at every interval, in step.
         """
-        if self._refreshing is None or self._refreshing.done():
-            self._refreshing = asyncio.ensure_future(self.refresh())
-        return self._refreshing
+        return self._refreshing.task(hops.incoming(), self.refresh)
 
     async def servable(self) -> dict[str, VideoRecord]:
         """The catalog ``GET /videos`` answers with, by id.

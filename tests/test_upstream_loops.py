@@ -21,12 +21,13 @@ import ujson
 import api_paths
 from harness.http import fetch_json
 from harness.in_process import listen
-from harness.loopback import free_port
+from harness.loopback import free_port, until
 from harness.media import write_random_video
 from harness.nodes import CountingProxy, Server, start_all
 from harness.server_process import ROOT
 from media.store import InvalidInput
 from peers import hops
+from peers.catalog import UpstreamCatalog
 from peers.fetcher import PieceFetcher
 from peers.hops import LoopDetected
 from peers.swarm import Swarm
@@ -155,6 +156,50 @@ def test_every_request_to_the_upstream_carries_the_chain_and_a_508_is_passed_on(
     assert ("GET", "/videos/v/stream", "me") in seen[6:] and all(via == "me" for _, _, via in seen[6:])
     assert from_body.status == 508 and "upstream loop: p -> q -> p" in str(from_body)
     assert "upstream loop: p -> q -> p" in str(from_stream) and seconds < 2, seconds
+
+
+def test_a_request_from_below_is_not_held_by_a_catalog_read_made_for_another_chain():
+    """Two nodes upstream of each other find the loop at once, not after both time out.
+
+    Each node's own catalog read (no chain from below) may be in flight when
+    the other's request arrives. Joined, it would carry the wrong chain: each
+    node would wait on the other until the 5 s timeouts, and again, in step.
+    Here the upstream holds the node's own read open; the request from below
+    must reach it with its own chain meanwhile.
+    """
+    async def scenario():
+        release = asyncio.Event()
+        seen: list = []
+
+        class HoldsTheNodesOwnRead(tornado.web.RequestHandler):
+            async def get(self) -> None:
+                via = self.request.headers.get("Binge-Via")
+                seen.append(via)
+                if via == "me":
+                    await release.wait()
+                self.finish("[]")
+
+        server, port = await listen(tornado.web.Application([(r"/videos", HoldsTheNodesOwnRead)]))
+        catalog = UpstreamCatalog(Upstream(f"http://127.0.0.1:{port}", "me"), 60, lambda: None)
+        try:
+            own_read = catalog.refresh_soon()
+            await until(lambda: seen == ["me"], what="the node's own read to reach the upstream")
+
+            async def asked_from_below():
+                hops.admit("below", "me")
+                return await catalog.servable()
+
+            videos = await asyncio.wait_for(asyncio.ensure_future(asked_from_below()), 10)
+            assert not own_read.done()
+            release.set()
+            await own_read
+            return videos, seen
+        finally:
+            release.set()
+            server.stop()
+
+    videos, seen = asyncio.run(scenario())
+    assert videos == {} and seen == ["me", "below, me"]
 
 
 # --- real nodes on loopback ------------------------------------------------------
