@@ -278,8 +278,11 @@ def test_watchers_come_and_go_within_two_seconds(server, viewers):
     opened = time.monotonic()
     second.page.goto(f"{server}/watch/alpha")
     other = socket_id(second.page)
+    # From the server's welcome, not from goto: the page's own load is Chromium's time on this
+    # machine (2 s under a busy loop per core), not presence's.
+    welcomed = time.monotonic()
     first.page.wait_for_selector(f'.watcher[data-socket-id="{other}"]', timeout=PRESENCE_LIMIT_S * 1000)
-    appeared = time.monotonic() - opened
+    appeared = time.monotonic() - welcomed
     wait_for_viewers(catalog, "alpha", 2, timeout=PRESENCE_LIMIT_S * 1000)
     assert alpha_count.inner_text() == "2 watching"
     assert first.page.locator("[data-watcher-count]").inner_text() == "2"
@@ -296,7 +299,8 @@ def test_watchers_come_and_go_within_two_seconds(server, viewers):
                                  timeout=PRESENCE_LIMIT_S * 1000)
     gone = time.monotonic() - closed
     wait_for_viewers(catalog, "alpha", 1, timeout=PRESENCE_LIMIT_S * 1000)
-    print(f"second viewer appeared {appeared:.2f} s after opening the page, gone {gone:.2f} s after closing")
+    print(f"second page welcomed {welcomed - opened:.2f} s after opening, seen by the first {appeared:.2f} s later, "
+          f"gone {gone:.2f} s after closing")
     assert appeared <= PRESENCE_LIMIT_S and gone <= PRESENCE_LIMIT_S
 
 
