@@ -17,6 +17,8 @@ setup(
         "charset-normalizer>=3.3",
         "pravega==0.3.8",
         "prometheus_client>=0.20",
+        # WebRTC data channels to peers no HTTP request reaches; 1.16 is the first whose av range holds our av 18.
+        "aiortc>=1.16",
     ],
     extras_require={
         # redbot is pinned: tests/test_redbot.py fails on its notes, which change between releases.
