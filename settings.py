@@ -76,6 +76,12 @@ class PresenceSettings:
     coalesce_interval: float = 0.02
     max_message_bytes: int = 4096
     messages_per_second: float = 20.0
+    # WebRTC signals relayed between sockets (presence.signalling): a
+    # signal may be larger than other messages (an offer with its ICE
+    # candidates), and each socket may send this many a second (bursts of
+    # as many), within messages_per_second.
+    max_signal_bytes: int = 16384
+    signals_per_second: float = 10.0
     # Bytes queued to one client before it is dropped as too slow.
     max_pending_bytes: int = 1024 * 1024
 

@@ -17,6 +17,7 @@ from ops.limits import Slots
 from ops.metrics import Metrics
 from peers.manifest_cache import ManifestCache
 from presence.broadcast import Broadcaster
+from presence.signalling import Signalling
 from presence.state import Presence
 from settings import Settings
 
@@ -55,6 +56,7 @@ class BingeApp(tornado.web.Application):
         # This server's id in Binge-Via (peers.hops): a node's; an origin asks no upstream, so has none.
         self.node_id: str | None = store.node_id
         self.presence = Presence()
+        self.signalling = Signalling(self.presence, config.presence.signals_per_second)
         self.metrics = Metrics(store.name)
         # Video bodies being sent and presence websockets, limited per client address.
         self.streams = Slots("streams", config.limits.streams_per_ip)
@@ -75,10 +77,10 @@ class BingeApp(tornado.web.Application):
         self.presence_link = backends.shared_presence(config, self.presence)
         if self.presence_link:
             self.presence_link.start()
-        # A node mirrors what its clients watch onto its upstream's presence,
-        # and serves its upstream's manifests; an origin hashes its videos
+        # A node mirrors what its clients watch onto its upstream's presence
+        # (and relays their signals for sockets it does not know there), and serves its upstream's manifests; an origin hashes its videos
         # into manifests in the background, so that nodes find them ready.
-        store.join(self.presence, self.metrics)
+        store.join(self.presence, self.signalling, self.metrics)
         self.manifests: UpstreamManifests | ManifestCache = store.upstream_manifests() or self._hash_manifests()
 
     def _hash_manifests(self) -> ManifestCache:

@@ -4,7 +4,9 @@ A websocket client gets ``{"type": "welcome", "socketId"}``, then
 ``{"type": "presence", "version", "presence"}`` after its own arrival and
 after every change (coalesced, see :mod:`presence.broadcast`). It may send
 ``{"type": "watch", "video": ID[, "peer": URL]}`` and ``{"type": "leave"}``
-(checked by :mod:`presence.messages`), which only ever change its own entry; anything else gets
+(checked by :mod:`presence.messages`), which only ever change its own entry, and
+``{"type": "signal", "to", "data"}``, relayed to another socket by
+:mod:`presence.signalling`; anything else gets
 ``{"type": "error", "error"}`` and the socket stays open, except a client
 that keeps flooding, which is closed with 1008. One client address may hold
 ``limits.sockets_per_ip`` sockets; one more is refused before its upgrade
@@ -27,9 +29,10 @@ from handlers import tornado_internals
 from handlers.base import BaseHandler
 from ops.limits import TokenBucket, Verdict
 from presence.broadcast import encode
-from presence.messages import BadMessage, Watch, parse_message
+from presence.messages import BadMessage, Signal, Watch, parse_message
 
-# Frames up to this many times presence.max_message_bytes are read and
+# Frames up to this many times the larger of presence.max_message_bytes and
+# max_signal_bytes are read and
 # answered with an error; bigger ones are refused by the websocket protocol
 # (close 1009) before they are buffered.
 FRAME_LIMIT_FACTOR = 4
@@ -68,7 +71,8 @@ class PresenceHandler(BaseHandler, tornado.websocket.WebSocketHandler):
 
     @property
     def max_message_size(self) -> int:
-        return FRAME_LIMIT_FACTOR * self.application.config.presence.max_message_bytes
+        settings = self.application.config.presence
+        return FRAME_LIMIT_FACTOR * max(settings.max_message_bytes, settings.max_signal_bytes)
 
     def check_origin(self, origin: str) -> bool:
         """Cross-origin pages may connect when CORS lets them read our responses."""
@@ -95,6 +99,7 @@ class PresenceHandler(BaseHandler, tornado.websocket.WebSocketHandler):
         self.socket_id = secrets.token_urlsafe(15)
         self._send({"type": "welcome", "socketId": self.socket_id})
         self.application.presence.connect(self.socket_id, self.ip)
+        self.application.signalling.join(self.socket_id, self._send, self.close)
 
     def write_message(self, message: str | bytes | dict, binary: bool = False):
         """Sends ``bytes`` as a text frame shared by every socket sent the same bytes
@@ -127,8 +132,11 @@ class PresenceHandler(BaseHandler, tornado.websocket.WebSocketHandler):
 
     def _apply(self, message: str | bytes) -> None:
         app = self.application
-        parsed = parse_message(message, app.config.presence.max_message_bytes, app.store.videos, self.ip)
-        if isinstance(parsed, Watch):
+        settings = app.config.presence
+        parsed = parse_message(message, settings.max_message_bytes, settings.max_signal_bytes, app.store.videos, self.ip)
+        if isinstance(parsed, Signal):
+            app.signalling.signal(self.socket_id, parsed)
+        elif isinstance(parsed, Watch):
             app.presence.watch(self.socket_id, parsed.video, parsed.peer)
         else:
             app.presence.leave(self.socket_id)
@@ -139,5 +147,6 @@ class PresenceHandler(BaseHandler, tornado.websocket.WebSocketHandler):
     def _leave(self) -> None:
         if self.socket_id is not None:
             self._broadcaster.leave(self)
+            self.application.signalling.leave(self.socket_id)
             self.application.presence.disconnect(self.socket_id)
             self.socket_id = None

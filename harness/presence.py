@@ -2,7 +2,7 @@
 
 :class:`Scope` makes a fresh scope holding one small video, ``clip``, and
 starts :class:`Instance` servers on it; :class:`Client` is a presence
-websocket that keeps every message. The shared-presence tests and
+websocket that keeps every message, of any server (an instance or a node). The shared-presence tests and
 ``bench/shared_presence.py`` run on these.
 """
 
@@ -68,6 +68,14 @@ class Client:
             message = await self.next(max(0.01, deadline - time.monotonic()))
             if message["type"] == "presence" and predicate(message["presence"]):
                 return message["presence"]
+
+    async def relayed(self, timeout: float = 10.0) -> dict:
+        """The next signal or error (see presence.signalling), past any presence."""
+        deadline = time.monotonic() + timeout
+        while True:
+            message = await self.next(max(0.01, deadline - time.monotonic()))
+            if message["type"] in ("signal", "error"):
+                return message
 
     def send(self, message: dict) -> None:
         self.conn.write_message(ujson.dumps(message))

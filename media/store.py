@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from peers.manifest import Manifest
     from peers.pieces import PieceStorage
     from ops.metrics import Metrics
+    from presence.signalling import Signalling
     from presence.state import Presence
 
 VIDEO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
@@ -222,8 +223,8 @@ class Store(abc.ABC):
     #: This server's id in Binge-Via (see peers.hops); an origin asks no upstream, so has none.
     node_id: str | None = None
 
-    def join(self, presence: Presence, metrics: Metrics) -> None:
-        """Meets the server it serves, once built: who its clients watch, and the metrics to count into."""
+    def join(self, presence: Presence, signalling: Signalling, metrics: Metrics) -> None:
+        """Meets the server it serves, once built: who its clients watch, their signals, and the metrics to count into."""
 
     def upstream_manifests(self) -> UpstreamManifests | None:
         """Where the manifests of this store's videos come from when not hashed from its bytes: a node's upstream."""

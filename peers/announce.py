@@ -9,6 +9,11 @@ is closed and the upstream drops the node from the video's watchers. A
 socket that drops is opened again after a pause that doubles from
 ``RETRY_MIN`` to ``RETRY_MAX`` seconds while the upstream stays away.
 
+Each of those sockets also carries signals (see :mod:`presence.signalling`):
+:meth:`Announcer.send` puts one up on the socket of a video, once its watch
+has gone, and signals and signal errors coming down are handed to
+``on_signal(video_id, message)``.
+
 Without ``peer.public_url`` the node watches without a ``peer``: it is
 counted as a viewer but not offered to others. If the upstream refuses the
 ``peer`` (its host is not the address the upstream sees the node at), the
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Callable
 
 import ujson
 from tornado.httpclient import HTTPClientError
@@ -37,11 +43,15 @@ PING_INTERVAL = 10.0
 
 
 class Announcer:
-    def __init__(self, presence: Presence, presence_url: str, public_url: str | None) -> None:
+    def __init__(self, presence: Presence, presence_url: str, public_url: str | None,
+                 on_signal: Callable[[str, dict], None]) -> None:
         self.presence = presence
         self.presence_url = presence_url
         self.public_url = public_url
+        self.on_signal = on_signal
         self._sockets: dict[str, asyncio.Task] = {}
+        # video id -> its socket at the upstream, once the watch is sent.
+        self._open: dict[str, WebSocketClientConnection] = {}
         self._closed = False
 
     def start(self) -> None:
@@ -81,15 +91,38 @@ class Announcer:
             await asyncio.sleep(pause)
             pause = min(2 * pause, RETRY_MAX)
 
+    def send(self, video_id: str, message: dict) -> bool:
+        """Writes ``message`` on the socket watching ``video_id`` at the upstream; False if none is open."""
+        ws = self._open.get(video_id)
+        if ws is None:
+            return False
+        try:
+            ws.write_message(ujson.dumps(message))
+        except WebSocketClosedError:
+            return False
+        return True
+
     async def _hold(self, ws: WebSocketClientConnection, video_id: str) -> None:
         peer = self.public_url
         await ws.write_message(_watch_message(video_id, peer))
+        self._open[video_id] = ws
+        try:
+            await self._read(ws, video_id, peer)
+        finally:
+            if self._open.get(video_id) is ws:
+                del self._open[video_id]
+
+    async def _read(self, ws: WebSocketClientConnection, video_id: str, peer: str | None) -> None:
         while (message := await ws.read_message()) is not None:
             try:
                 reply = ujson.loads(message)
             except ValueError:
                 continue
-            if isinstance(reply, dict) and reply.get("type") == "error":
+            if not isinstance(reply, dict):
+                continue
+            if reply.get("type") == "signal" or reply.get("type") == "error" and "to" in reply:
+                self.on_signal(video_id, reply)
+            elif reply.get("type") == "error":
                 log.warning("the upstream refused to list this node for %s: %s", video_id, reply.get("error"))
                 if peer is not None:
                     peer = None

@@ -55,6 +55,7 @@ from peers.session import VideoSession
 from peers.swarm import Swarm
 from peers.upstream import Upstream
 from ops.metrics import Metrics
+from presence.signalling import Signalling
 from presence.state import Presence
 from settings import Settings
 
@@ -119,13 +120,16 @@ class PeerNodeStore(Store):
                      len(found))
         self._check_soon()
 
-    def join(self, presence: Presence, metrics: Metrics) -> None:
+    def join(self, presence: Presence, signalling: Signalling, metrics: Metrics) -> None:
         """Mirrors ``presence`` (this node's clients) onto the upstream's (see :mod:`peers.announce`), and counts.
 
+        Signals of its clients for sockets it does not know go up on the
+        same sockets, and answers come back down (see :mod:`presence.signalling`).
         The videos watched there are also never evicted.
         """
         self._presence = presence
-        self._announcer = Announcer(presence, self.upstream.presence_url(), self.public_url)
+        self._announcer = Announcer(presence, self.upstream.presence_url(), self.public_url, signalling.from_upstream)
+        signalling.upstream = self._announcer.send
         self._announcer.start()
         self.on_bad_piece = metrics.piece_failed
         metrics.count_sources(self.sources)

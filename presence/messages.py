@@ -3,8 +3,10 @@
 A client message is a JSON object of at most ``presence.max_message_bytes``:
 ``{"type": "watch", "video": ID[, "peer": URL]}`` for a video of the
 catalog, where the peer, if named, is the client itself, or
-``{"type": "leave"}``. Anything else is a :class:`BadMessage`, whose text
-goes back to the client.
+``{"type": "leave"}``; or, of at most ``presence.max_signal_bytes``,
+``{"type": "signal", "to": ADDRESS, "data": ANY[, "relayFor": ADDRESS]}``
+(relayed by :mod:`presence.signalling`). Anything else is a
+:class:`BadMessage`, whose text goes back to the client.
 """
 
 from __future__ import annotations
@@ -32,16 +34,35 @@ class Leave:
     pass
 
 
+@dataclass(frozen=True)
+class Signal:
+    """Opaque ``data`` (a WebRTC offer, answer or candidate) for the socket at ``to``.
+
+    ``relay_for`` is set by a node relaying for one of its own sockets (see
+    :mod:`presence.signalling`).
+    """
+
+    to: str
+    data: Any
+    relay_for: str | None = None
+
+
+# A socket address: socket ids joined by "/", each as secrets.token_urlsafe makes them.
+ADDRESS_MAX = 256
+_ADDRESS_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_/")
+
+
 def parse_message(
-    message: str | bytes, limit: int, videos: Callable[[], Container[str]], client_ip: str,
-) -> Watch | Leave:
+    message: str | bytes, limit: int, signal_limit: int, videos: Callable[[], Container[str]], client_ip: str,
+) -> Watch | Leave | Signal:
     """The message a client at ``client_ip`` sent; BadMessage if it is not one it may send.
 
-    ``videos`` gives the catalog's ids; it is asked only of a watch message.
+    A signal may be up to ``signal_limit`` bytes, any other message up to
+    ``limit``. ``videos`` gives the catalog's ids; it is asked only of a watch message.
     """
     size = len(message) if isinstance(message, bytes) else len(message.encode())
-    if size > limit:
-        raise BadMessage(f"message too large: {size} bytes, at most {limit}")
+    if size > max(limit, signal_limit):
+        raise BadMessage(f"message too large: {size} bytes, at most {max(limit, signal_limit)}")
     try:
         msg = ujson.loads(message)
     except ValueError:
@@ -49,6 +70,16 @@ def parse_message(
     if not isinstance(msg, dict):
         raise BadMessage("a message must be a JSON object")
     kind = msg.get("type")
+    if kind == "signal":
+        if size > signal_limit:
+            raise BadMessage(f"signal too large: {size} bytes, at most {signal_limit}")
+        if "data" not in msg:
+            raise BadMessage("a signal needs 'data'")
+        relay_for = msg.get("relayFor")
+        return Signal(check_address(msg.get("to"), "to"), msg["data"],
+                      None if relay_for is None else check_address(relay_for, "relayFor"))
+    if size > limit:
+        raise BadMessage(f"message too large: {size} bytes, at most {limit}")
     if kind == "watch":
         video = msg.get("video")
         if not isinstance(video, str) or video not in videos():
@@ -57,6 +88,14 @@ def parse_message(
     if kind == "leave":
         return Leave()
     raise BadMessage(f"unknown message type {kind!r}")
+
+
+def check_address(address: Any, key: str) -> str:
+    """``address`` if it is socket ids joined by "/"; else BadMessage naming ``key``."""
+    if (not isinstance(address, str) or not 0 < len(address) <= ADDRESS_MAX
+            or not _ADDRESS_CHARS.issuperset(address) or "" in address.split("/")):
+        raise BadMessage(f"{key!r} must be a socket id (or ids joined by '/'), at most {ADDRESS_MAX} characters")
+    return address
 
 
 def check_peer(url: Any, client_ip: str) -> str:

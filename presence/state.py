@@ -118,6 +118,10 @@ class Presence:
         """Every socket presence holds, other instances' included."""
         return len(self._sockets)
 
+    def state(self, socket_id: str) -> SocketState | None:
+        """The socket's state (another instance's too), None for a socket presence does not hold."""
+        return self._sockets.get(socket_id)
+
     def local_sockets(self) -> dict[str, SocketState]:
         """This instance's own sockets and their states."""
         return {socket_id: s for socket_id, s in self._sockets.items() if s.instance is None}

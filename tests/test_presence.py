@@ -278,6 +278,14 @@ class WS:
             if message["type"] == "error":
                 return message["error"]
 
+    async def relayed(self, timeout: float = 5.0) -> dict:
+        """The next signal or error, past any presence."""
+        while True:
+            message = await self.recv(timeout)
+            assert message is not None, "socket closed"
+            if message["type"] in ("signal", "error"):
+                return message
+
     async def closed(self) -> int | None:
         """Waits for the server to close the socket; its close code."""
         while await self.recv() is not None:
@@ -406,7 +414,7 @@ async def test_bad_messages_get_errors_and_the_socket_stays(connect):
 @pytest.mark.gen_test
 async def test_frames_far_too_large_are_refused_by_the_protocol(connect):
     a = await connect()
-    a.send({"type": "leave", "padding": "x" * (4 * 4096)})
+    a.send({"type": "leave", "padding": "x" * (4 * 16384)})  # past 4 times max_signal_bytes
     assert await a.closed() == 1009
 
 
@@ -575,3 +583,106 @@ async def test_a_client_that_never_answers_pings_is_closed_and_removed(app, http
         assert app.presence.socket_count() == 0
     finally:
         silent.sock.close()
+
+
+# ---------------------------------------------------------------- signals between sockets
+
+
+async def watching_alpha(connect, count: int) -> list[WS]:
+    sockets = [await connect() for _ in range(count)]
+    for ws in sockets:
+        ws.send({"type": "watch", "video": "alpha"})
+    ids = {ws.socket_id for ws in sockets}
+    await sockets[-1].presence_until(lambda p: {w["socketId"] for w in p["videos"].get("alpha", [])} == ids)
+    return sockets
+
+
+async def untouched(ws: WS, by: WS) -> None:
+    """``ws`` had no signal and no error since its last one: the next that reaches it is a fresh one from ``by``."""
+    by.send({"type": "signal", "to": ws.socket_id, "data": "sentinel"})
+    assert await ws.relayed() == {"type": "signal", "from": by.socket_id, "data": "sentinel"}
+
+
+@pytest.mark.gen_test
+async def test_a_signal_reaches_the_socket_named_from_the_sender_and_back(connect):
+    a, b = await watching_alpha(connect, 2)
+    offer = {"sdp": "v=0\r\n...", "type": "offer"}
+    a.send({"type": "signal", "to": b.socket_id, "data": offer})
+    assert await b.relayed() == {"type": "signal", "from": a.socket_id, "data": offer}
+    b.send({"type": "signal", "to": a.socket_id, "data": {"type": "answer"}})
+    assert await a.relayed() == {"type": "signal", "from": b.socket_id, "data": {"type": "answer"}}
+
+
+@pytest.mark.gen_test
+async def test_no_socket_can_speak_as_another(connect):
+    a, b, c = await watching_alpha(connect, 3)
+    # A "from" of the sender's choosing is ignored: the server says who sent it.
+    a.send({"type": "signal", "to": b.socket_id, "from": c.socket_id, "data": 1})
+    assert await b.relayed() == {"type": "signal", "from": a.socket_id, "data": 1}
+    # What a sender says of sockets behind it (relayFor) sits below its own id, so answers go back to it alone.
+    a.send({"type": "signal", "to": b.socket_id, "relayFor": c.socket_id, "data": 2})
+    assert await b.relayed() == {"type": "signal", "from": f"{a.socket_id}/{c.socket_id}", "data": 2}
+    b.send({"type": "signal", "to": f"{a.socket_id}/{c.socket_id}", "data": 3})
+    assert await a.relayed() == {"type": "signal", "from": b.socket_id, "to": c.socket_id, "data": 3}
+    await untouched(c, by=b)
+
+
+@pytest.mark.gen_test
+async def test_signals_to_another_video_a_gone_or_unknown_socket_are_refused_naming_why(connect):
+    a, b = await watching_alpha(connect, 2)
+    other, idle = await connect(), await connect()
+    other.send({"type": "watch", "video": "beta"})
+    await a.presence_until(lambda p: "beta" in p["videos"])
+    for to, reason in [(other.socket_id, "other-video"), (idle.socket_id, "other-video"), ("nobody", "unknown")]:
+        a.send({"type": "signal", "to": to, "data": {}})
+        error = await a.relayed()
+        assert (error["type"], error["reason"], error["to"]) == ("error", reason, to)
+        assert to.split("/")[0] in error["error"]
+    idle.send({"type": "signal", "to": a.socket_id, "data": {}})
+    assert (await idle.relayed())["reason"] == "not-watching"
+    b.conn.close()
+    await a.presence_until(lambda p: b.socket_id not in p["sockets"])
+    a.send({"type": "signal", "to": b.socket_id, "data": {}})
+    assert (await a.relayed())["reason"] == "gone"
+    other.send({"type": "watch", "video": "alpha"})
+    await a.presence_until(lambda p: len(p["videos"]["alpha"]) == 2)
+    await untouched(other, by=a)
+    await untouched(a, by=other)
+
+
+@pytest.mark.gen_test
+async def test_bad_signals_are_refused_and_the_socket_stays(connect):
+    a, b = await watching_alpha(connect, 2)
+    for message, error in [
+        ({"type": "signal", "to": b.socket_id}, "a signal needs 'data'"),
+        ({"type": "signal", "to": "no spaces", "data": 1}, "'to' must be a socket id"),
+        ({"type": "signal", "to": b.socket_id, "relayFor": "", "data": 1}, "'relayFor' must be a socket id"),
+        ({"type": "signal", "to": b.socket_id, "data": "x" * 17000}, "message too large"),
+    ]:
+        a.send(message)
+        assert (await a.error()).startswith(error)
+    await untouched(b, by=a)
+    # A signal may be larger than other messages (max_signal_bytes, not max_message_bytes).
+    a.send({"type": "signal", "to": b.socket_id, "data": "x" * 8000})
+    assert (await b.relayed())["data"] == "x" * 8000
+
+
+@pytest.mark.gen_test(timeout=15)
+@overrides(presence={"signals_per_second": 5})
+async def test_a_signal_flood_is_refused_then_closed_and_nobody_else_notices(connect, app):
+    a, b, c = await watching_alpha(connect, 3)
+    for n in range(8):
+        a.send({"type": "signal", "to": b.socket_id, "data": n})
+    # A burst of a second's worth goes through; what passes it is refused.
+    assert (await a.relayed())["reason"] == "too-many-signals"
+    for _ in range(50):
+        a.send({"type": "signal", "to": b.socket_id, "data": "flood"})
+    assert await a.closed() == 1008
+    assert a.socket_id not in app.presence.snapshot()["sockets"]
+    c.send({"type": "signal", "to": b.socket_id, "data": "sentinel"})
+    heard = []
+    while (message := await b.relayed())["from"] != c.socket_id:
+        heard.append(message["data"])
+    # b heard the burst (and what the bucket refilled while it ran), none of the flood.
+    assert heard[:5] == [0, 1, 2, 3, 4] and len(heard) < 8, heard
+    await untouched(c, by=b)

@@ -260,6 +260,28 @@ def test_a_watcher_on_one_instance_shows_on_the_other_and_so_does_its_leaving(sc
 
 
 @pytest.mark.pravega
+def test_a_signal_for_a_socket_of_another_instance_is_refused_naming_it(scope):
+    async def check():
+        a, b = scope.start("a"), scope.start("b")
+        await asyncio.gather(a.ready(), b.ready())
+        on_a, on_b = await Client().connect(a), await Client().connect(b)
+        for client in (on_a, on_b):
+            client.send({"type": "watch", "video": "clip"})
+        await on_a.presence_until(watching(on_b.socket_id, "clip"), PROPAGATION)
+        on_a.send({"type": "signal", "to": on_b.socket_id, "data": {"type": "offer"}})
+        error = await on_a.relayed()
+        assert (error["type"], error["reason"], error["to"]) == ("error", "other-instance", on_b.socket_id)
+        # on_b heard nothing of it: the next signal it gets is one from its own instance.
+        local = await Client().connect(b)
+        local.send({"type": "watch", "video": "clip"})
+        await on_b.presence_until(watching(local.socket_id, "clip"), PROPAGATION)
+        local.send({"type": "signal", "to": on_b.socket_id, "data": "hello"})
+        assert await on_b.relayed() == {"type": "signal", "from": local.socket_id, "data": "hello"}
+
+    asyncio.run(check())
+
+
+@pytest.mark.pravega
 def test_a_killed_instance_expires_and_a_stopped_one_leaves_at_once(scope):
     async def check():
         a, b, c = scope.start("a"), scope.start("b"), scope.start("c")
