@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -99,6 +100,15 @@ class PeerSettings:
     # Seconds after its last read during which a video is never evicted, so
     # a player reading in bursts, or paused a moment, keeps its copy.
     evict_idle_seconds: float = 30.0
+    # STUN and TURN servers (RFC 7064 and 7065 URLs) peers use to reach each
+    # other behind NAT, handed out on GET /ice-servers (see peers.ice).
+    ice_servers: tuple[str, ...] = ()
+    # The TURN servers' shared secret (coturn's static-auth-secret, with
+    # use-auth-secret): with it, this server hands out TURN credentials
+    # good for turn_ttl seconds, so no long-term TURN password sits in a
+    # node's config. Required by, and only with, turn: URLs.
+    turn_secret: str | None = None
+    turn_ttl: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -219,6 +229,7 @@ def _checked(s: Settings, base_dir: str) -> Settings:
     for key, url in (("peer.upstream", s.peer.upstream), ("peer.public_url", s.peer.public_url)):
         if url is not None and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc):
             raise ConfigError(f"{key}: must be an http:// or https:// URL, not {url!r}")
+    _check_ice(s.peer)
     if s.peer.upstream is not None and _is_this_server(s.peer.upstream, s.server, s.peer.public_url):
         raise ConfigError(
             f"peer.upstream: {s.peer.upstream!r} is this server itself, a loop; "
@@ -227,6 +238,31 @@ def _checked(s: Settings, base_dir: str) -> Settings:
     return dataclasses.replace(
         s, storage=dataclasses.replace(s.storage, library=library, cache_dir=cache_dir)
     )
+
+
+# RFC 7064 (stun:, stuns:) and RFC 7065 (turn:, turns:, with ?transport=): host, optional port.
+ICE_URL = re.compile(
+    r"(?P<scheme>stuns?|turns?):(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)"
+    r"(?::(?P<port>[0-9]{1,5}))?(?P<query>\?transport=(?:udp|tcp))?\Z"
+)
+
+
+def _check_ice(peer: PeerSettings) -> None:
+    turn = False
+    for url in peer.ice_servers:
+        match = ICE_URL.match(url)
+        if (match is None or match["scheme"].startswith("stun") and match["query"]
+                or match["port"] is not None and not 0 < int(match["port"]) <= 65535):
+            raise ConfigError(
+                f"peer.ice_servers: {url!r} is not a STUN or TURN URL "
+                "(stun:HOST[:PORT], stuns:, turn:HOST[:PORT][?transport=udp|tcp], turns:)"
+            )
+        turn = turn or match["scheme"].startswith("turn")
+    if turn and not peer.turn_secret:
+        raise ConfigError("peer.turn_secret: must be set (to the TURN servers' static-auth-secret) "
+                          "when peer.ice_servers lists a turn: or turns: URL")
+    if peer.turn_secret is not None and not turn:
+        raise ConfigError("peer.turn_secret: set, but peer.ice_servers lists no turn: or turns: URL")
 
 
 # Names a server listening on every address, or on loopback, is reached at by itself.

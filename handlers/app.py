@@ -39,6 +39,7 @@ def routes() -> list[tuple]:
         (api_paths.VIDEO, catalog.VideoHandler),
         (api_paths.VIDEOS, catalog.VideoListHandler),
         (api_paths.PRESENCE, presence.PresenceHandler),
+        (api_paths.ICE_SERVERS, peers.IceServersHandler),
         (api_paths.HEALTH, health.HealthHandler),
         (api_paths.METRICS, metrics.MetricsHandler),
         (api_paths.CATALOG_PAGE, pages.CatalogPage),

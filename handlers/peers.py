@@ -1,6 +1,7 @@
 """The peer protocol's endpoints (see :mod:`peers` for the whole protocol).
 
-On the origin: ``/videos/{id}/manifest`` and ``/videos/{id}/peers``. On a
+On the origin: ``/videos/{id}/manifest``, ``/videos/{id}/peers`` and
+``/ice-servers`` (on any server). On a
 node, those two (the upstream's manifest; the node's own peers joined to its
 upstream's) and also ``/have``, ``/pieces/{n}`` and ``/sources``, which an
 origin answers with 404: it holds whole videos, and nodes read those from
@@ -10,12 +11,15 @@ its ``/stream``.
 from __future__ import annotations
 
 import logging
+import time
 
 from handlers.base import ApiError, BaseHandler
 from media.ranges import Unsatisfiable, parse_range
 from media.store import StoreError, VideoRecord, check_video_id
+from peers import hops
 from peers.have import to_ranges
 from peers.hops import LoopDetected
+from peers.ice import ice_servers
 from peers.ordering import closest_first
 
 log = logging.getLogger("binge.peers")
@@ -127,3 +131,18 @@ class SourcesHandler(PeerHandler):
         counts = self.application.store.source_counts(self.video(video_id).id)
         self.set_header("Cache-Control", "no-store")
         self.write_json(counts)
+
+
+class IceServersHandler(BaseHandler):
+    """``GET /ice-servers``: ``{"iceServers": [{"urls"[, "username", "credential"]}][, "ttl"]}`` (see :mod:`peers.ice`).
+
+    The TURN username names the asking node (the last id of its
+    ``Binge-Via``), or ``viewer`` for a player.
+    """
+
+    etag_from_body = False  # no-store: every answer holds fresh credentials
+
+    def get(self) -> None:
+        chain = hops.incoming()
+        self.set_header("Cache-Control", "no-store")
+        self.write_json(ice_servers(self.application.config.peer, chain[-1] if chain else "viewer", time.time()))

@@ -6,12 +6,14 @@ import ujson
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
 
-async def fetch_json(url: str, method: str = "GET", timeout: float = 10.0) -> tuple[int, object, HTTPResponse]:
+async def fetch_json(url: str, method: str = "GET", timeout: float = 10.0,
+                     headers: dict[str, str] | None = None) -> tuple[int, object, HTTPResponse]:
     """Any answer at ``url``, an error's included: its status, its JSON body (None if empty), the response.
 
     A connection that fails or times out raises, as no answer came.
     """
-    response = await AsyncHTTPClient().fetch(url, method=method, request_timeout=timeout, raise_error=False)
+    response = await AsyncHTTPClient().fetch(url, method=method, request_timeout=timeout, headers=headers,
+                                             raise_error=False)
     return response.code, ujson.loads(response.body) if response.body else None, response
 
 

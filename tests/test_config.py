@@ -33,6 +33,15 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
         ({"peer": {"max_held_bytes": "10GiB"}}, "peer.max_held_bytes: must be an integer, not '10GiB'"),
         ({"peer": {"max_held_bytes": 0}}, "peer.max_held_bytes: must be greater than 0"),
         ({"peer": {"evict_idle_seconds": -1}}, "peer.evict_idle_seconds: must be greater than 0"),
+        ({"peer": {"ice_servers": "stun:a.example"}}, "peer.ice_servers: must be a list of strings"),
+        ({"peer": {"ice_servers": ["http://a.example"]}}, "peer.ice_servers: 'http://a.example' is not a STUN or TURN URL"),
+        ({"peer": {"ice_servers": ["stun:a.example?transport=udp"]}}, "peer.ice_servers: 'stun:a.example?transport"),
+        ({"peer": {"ice_servers": ["turn:a.example:99999"]}}, "peer.ice_servers: 'turn:a.example:99999' is not"),
+        ({"peer": {"ice_servers": ["turn:a.example?transport=sctp"]}}, "peer.ice_servers: 'turn:a.example?transport"),
+        ({"peer": {"ice_servers": ["turns:a.example:5349"]}}, "peer.turn_secret: must be set"),
+        ({"peer": {"ice_servers": ["stun:a.example"], "turn_secret": "s"}}, "peer.turn_secret: set, but"),
+        ({"peer": {"ice_servers": ["turn:a.example"], "turn_secret": "s", "turn_ttl": 0}},
+         "peer.turn_ttl: must be greater than 0"),
         ({"server": []}, "server: must be a mapping"),
         ([], "config: the top level must be a mapping"),
     ],
@@ -42,6 +51,14 @@ def test_bad_config_names_the_key(raw, message, tmp_path):
     with pytest.raises(ConfigError) as e:
         settings_from_dict(raw, base_dir=str(tmp_path))
     assert message in str(e.value)
+
+
+def test_good_ice_servers_are_taken(tmp_path):
+    (tmp_path / "library").mkdir()
+    s = settings_from_dict({"peer": {"ice_servers": ["stun:stun.example.org", "stuns:[2001:db8::1]:5349",
+                                                     "turn:turn.example.org:3478?transport=tcp", "turns:10.0.0.1"],
+                                     "turn_secret": "s"}}, base_dir=str(tmp_path))
+    assert len(s.peer.ice_servers) == 4 and s.peer.turn_ttl == 3600
 
 
 def test_paths_are_relative_to_the_config_file(tmp_path):
@@ -63,6 +80,8 @@ def run_server(*args: str) -> subprocess.CompletedProcess:
         ("server:\n  port: many\n", "config error: server.port: must be an integer, not 'many'\n"),
         ("storage:\n  colour: red\n", "config error: unknown key 'storage.colour'\n"),
         ("storage: [unclosed\n", "config error: "),
+        ("peer:\n  ice_servers: [\"stun:\"]\n",
+         "config error: peer.ice_servers: 'stun:' is not a STUN or TURN URL (stun:HOST[:PORT], "),
     ],
 )
 def test_server_rejects_bad_config_with_one_line(tmp_path, text, expected):

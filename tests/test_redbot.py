@@ -87,7 +87,7 @@ def origin_paths(origin: Server) -> list[str]:
         "/videos/future/stream", "/videos/future", "/videos/beta/stream",
         "/videos/alpha/captions", "/videos/alpha/captions/en", "/videos/alpha/captions/fr.vtt",
         "/videos/video/alpha/caption", "/videos/alpha/poster", "/videos/alpha/manifest", "/videos/alpha/peers",
-        "/presence", "/healthz", "/metrics", "/", "/watch/alpha", "/static/binge.css", "/static/catalog.js",
+        "/presence", "/ice-servers", "/healthz", "/metrics", "/", "/watch/alpha", "/static/binge.css", "/static/catalog.js",
         f"/static/binge.css?v={static_version(origin, 'binge.css')}",
         # Errors are responses too.
         "/videos/nope", "/no/such/thing", "/watch/nope", "/videos/alpha/have",
