@@ -25,7 +25,7 @@ import time
 
 import pytest
 import ujson
-from tornado.websocket import websocket_connect
+from tornado.websocket import WebSocketClosedError, websocket_connect
 
 from handlers import tornado_internals
 from harness.clients import TEXT, frame, silent_websocket, stalled_stream
@@ -111,16 +111,24 @@ class Listener:
 
 async def drive(port: int, stop: asyncio.Event, drivers: int = 4) -> None:
     """Keeps presence changing: each driver socket switches between watching and not, 10 times a second."""
-    # Drivers only send: on the diff protocol their own inbound backlog stays
-    # small, so a busy test process cannot get them dropped as slow readers.
-    conns = [await websocket_connect(f"ws://127.0.0.1:{port}/presence?changes=1") for _ in range(drivers)]
+    # Each driver takes every message as it comes and drops it. A Tornado
+    # client that nobody reads from stops reading its socket after one queued
+    # message, so it answers no more pings either, and the server rightly
+    # closes it as dead after presence.ping_interval + ping_timeout: on a slow
+    # machine, where the test outlasts that, the drivers died mid-test.
+    conns = [await websocket_connect(f"ws://127.0.0.1:{port}/presence?changes=1",
+                                     on_message_callback=lambda message: None)
+             for _ in range(drivers)]
     try:
         watching = False
         while not stop.is_set():
             watching = not watching
             message = ujson.dumps({"type": "watch", "video": "big"} if watching else {"type": "leave"})
             for conn in conns:
-                await conn.write_message(message)
+                try:
+                    await conn.write_message(message)
+                except WebSocketClosedError:
+                    raise AssertionError(f"the server closed a driver: {conn.close_code} {conn.close_reason}")
             await asyncio.sleep(0.1)
     finally:
         for conn in conns:
@@ -183,6 +191,8 @@ def test_stalled_clients_are_dropped_and_cost_bounded_memory(server):
         # websockets once their backlog passes presence.max_pending_bytes.
         deadline = created + STALL_TIMEOUT + 20
         while open_fds(proc.pid) > fds_before + 4:  # the drivers' sockets
+            if driving.done():
+                driving.result()  # a driver that failed says why, not a silent gap in presence
             assert time.monotonic() < deadline, (
                 f"{open_fds(proc.pid) - fds_before} connections still open "
                 f"{time.monotonic() - started:.1f} s after the stalled clients came")
