@@ -154,8 +154,19 @@ class Viewer:
         self._ws = None
 
     async def watch(self, video_id: str) -> None:
-        self._ws = await websocket_connect(self.url.replace("http://", "ws://") + "/presence")
-        await self._ws.read_message()  # welcome
+        welcomed = asyncio.get_running_loop().create_future()
+
+        def on_message(message: str | None) -> None:
+            # Every message is taken as it comes: a Tornado client left unread
+            # stops reading its socket, answers no pings, and is closed as dead
+            # after the server's ping interval and timeout, which takes the
+            # viewer out of presence mid-test.
+            if not welcomed.done():
+                welcomed.set_result(message)
+
+        self._ws = await websocket_connect(self.url.replace("http://", "ws://") + "/presence",
+                                           on_message_callback=on_message)
+        await welcomed
         await self._ws.write_message(ujson.dumps({"type": "watch", "video": video_id}))
 
     async def play(self, video_id: str, range_size: int = MiB, rate: float | None = None,
