@@ -34,6 +34,11 @@ def test_a_credential_is_the_expiry_and_user_then_an_hmac_sha1_of_them_in_base64
     assert credential != turn_credential("secret", "node2", 1_800_000_000)[1]
 
 
+def test_a_credential_matches_one_made_by_openssl():
+    # printf %s "1700003600:node-a" | openssl dgst -sha1 -hmac "north-wind" -binary | base64
+    assert turn_credential("north-wind", "node-a", 1700003600) == ("1700003600:node-a", "t6Z9r/GB4FBQxsuPQUDX3VwDtME=")
+
+
 @pytest.fixture
 def turn(tmp_path):
     assert turnserver(), "coturn's turnserver is not installed: run scripts/setup --test"
