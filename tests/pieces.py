@@ -24,8 +24,12 @@ def streams_of(settings: PravegaSettings) -> list[str]:
                   if not name.startswith("_"))
 
 
-async def until_held(storage, pieces: set[int], seconds: float = 2.0) -> None:
-    """Pieces are appended in the background: waits until the storage holds ``pieces``."""
+async def until_held(storage, pieces: set[int], seconds: float = 10.0) -> None:
+    """Pieces are appended in the background: waits until the storage holds ``pieces``.
+
+    Nothing here claims how fast an append is, only that it lands: ``seconds``
+    just turns a hang into a failure, and must cover a busy Pravega's appends.
+    """
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if storage.held() == pieces and not storage._waiting:
