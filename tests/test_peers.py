@@ -81,11 +81,12 @@ def test_origin_computes_manifests_ahead_and_keeps_them(tmp_path, monkeypatch):
         await store.rescan()
         cache = manifest_cache.ManifestCache(store, str(tmp_path / "cache"), PIECE)
         cache.follow_catalog()
-        await asyncio.sleep(0.5)
+        # Precomputing runs off the loop, as soon as the thread pool gets to it.
+        await until(lambda: (saved / "one.json").exists(), what="the first manifest")
         first = sorted(os.listdir(saved))
         write_random_video(str(library / "two.mp4"), PIECE + 1, seed=2)
         await store.rescan()  # what the scan every storage.scan_interval does
-        await asyncio.sleep(0.5)
+        await until(lambda: (saved / "two.json").exists(), what="the second manifest")
         written = os.stat(saved / "two.json").st_mtime_ns
         restarted = manifest_cache.ManifestCache(store, str(tmp_path / "cache"), PIECE)
         two = await restarted.get(store.get("two"))
