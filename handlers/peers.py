@@ -17,7 +17,7 @@ from handlers.base import ApiError, BaseHandler
 from media.ranges import Unsatisfiable, parse_range
 from media.store import StoreError, VideoRecord, check_video_id
 from peers import hops
-from peers.have import to_ranges
+from peers.have import have_document
 from peers.hops import LoopDetected
 from peers.ice import ice_servers
 from peers.ordering import closest_first
@@ -40,7 +40,11 @@ class ManifestHandler(PeerHandler):
 
 
 class PeersHandler(PeerHandler):
-    """``GET /videos/{id}/peers``: ``[{"url", "address"}]``, the nodes watching the video, closest to the asker first.
+    """``GET /videos/{id}/peers``: ``[{"url", "address", "socketId"}]``, the nodes watching the video, closest to the asker first.
+
+    ``socketId`` is the node's socket on this server's presence, what a
+    signal to it is addressed to (see :mod:`presence.signalling`); for a
+    peer listed by the upstream, the upstream's, which this server relays to.
 
     A node adds its upstream's list to the nodes announced to itself; if the
     upstream does not answer, its own are the answer, but a 508 from it (a
@@ -52,7 +56,7 @@ class PeersHandler(PeerHandler):
     async def get(self, video_id: str) -> None:
         video = self.video(video_id)
         peers = [
-            {"url": w["peer"], "address": w["ipaddress"]}
+            {"url": w["peer"], "address": w["ipaddress"], "socketId": w["socketId"]}
             for w in self.application.presence.watchers(video.id)
             if "peer" in w
         ]
@@ -64,7 +68,7 @@ class PeersHandler(PeerHandler):
             log.info("listing peers of %s without the upstream's: %s", video.id, e)
         unique: dict[str, dict] = {}
         for peer in peers:
-            unique.setdefault(peer["url"], {"url": peer["url"], "address": peer["address"]})
+            unique.setdefault(peer["url"], {k: peer[k] for k in ("url", "address", "socketId") if k in peer})
         self.set_header("Cache-Control", "no-store")
         self.write_json(closest_first(self.client_ip(), list(unique.values())))
 
@@ -76,13 +80,8 @@ class HaveHandler(PeerHandler):
 
     def get(self, video_id: str) -> None:
         storage = self.application.store.pieces(self.video(video_id).id)
-        manifest = storage.manifest
         self.set_header("Cache-Control", "no-store")
-        self.write_json({
-            "root": manifest.root if manifest else None,
-            "pieceSize": manifest.piece_size if manifest else None,
-            "pieces": to_ranges(storage.held()),
-        })
+        self.write_json(have_document(storage))
 
 
 class PieceHandler(PeerHandler):
@@ -123,14 +122,16 @@ class PieceHandler(PeerHandler):
 
 
 class SourcesHandler(PeerHandler):
-    """``GET /videos/{id}/sources``: ``{"local", "peers", "origin"}``, bytes served here by where they came from."""
+    """``GET /videos/{id}/sources``: ``{"local", "peers", "origin", "reached"}``: bytes served here by where
+    they came from, and how each peer of the video is reached (``{url: "http" | "channel"}``)."""
 
     etag_from_body = False  # no-store
 
     def get(self, video_id: str) -> None:
-        counts = self.application.store.source_counts(self.video(video_id).id)
+        store = self.application.store
+        video = self.video(video_id)
         self.set_header("Cache-Control", "no-store")
-        self.write_json(counts)
+        self.write_json({**store.source_counts(video.id), "reached": store.peer_routes(video.id)})
 
 
 class IceServersHandler(BaseHandler):

@@ -246,6 +246,10 @@ class Store(abc.ABC):
         """Bytes of the video served to this server's readers, by where they came from."""
         raise NotAPeerNode()
 
+    def peer_routes(self, video_id: str) -> dict[str, str]:
+        """How each peer of the video was last reached: ``{url: "http" | "channel"}`` (see peers.swarm)."""
+        raise NotAPeerNode()
+
 
 class UpstreamManifests(abc.ABC):
     """Manifests a store has from elsewhere (see :meth:`Store.upstream_manifests`)."""

@@ -1,6 +1,7 @@
 """Fetching one piece: from peers that hold it, else the upstream, checked against the manifest.
 
-A piece is asked of the source :meth:`Swarm.choose` picks; with no peer to
+A piece is asked of the source :meth:`Swarm.choose` picks (over HTTP, or
+over the peer's data channel when its URL gives no answer); with no peer to
 ask it comes from the upstream's ``/stream`` (with ``If-Match`` on the
 manifest's ETag). Bytes are hashed as they arrive. When a source fails
 midway — refused, silent for its stall timeout, disconnected — the bytes it
@@ -137,9 +138,15 @@ class PieceFetcher:
             piece.reset()
 
     async def _from_peer(self, peer: Peer, n: int, piece: _Partial) -> None:
+        if peer.via == "channel" and peer.channel is None:
+            raise TransferError(f"peer {peer.url}: no data channel open")
         peer.busy += 1
         try:
-            chunks = get_range(self.swarm.piece_url(peer, n), piece.received, len(piece.buffer), self.peer_stall)
+            if peer.via == "channel":
+                chunks = peer.channel.get_range(self.manifest.video_id, n, self.manifest.root, piece.received,
+                                                len(piece.buffer), self.peer_stall)
+            else:
+                chunks = get_range(self.swarm.piece_url(peer, n), piece.received, len(piece.buffer), self.peer_stall)
             async with contextlib.aclosing(chunks):
                 async for chunk in chunks:
                     piece.add(chunk, peer.url)

@@ -9,7 +9,10 @@ reading a peer's list costs at most one step per piece it names.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
+
+if TYPE_CHECKING:
+    from peers.pieces import PieceStorage
 
 
 def to_ranges(indices: Iterable[int]) -> list[list[int]]:
@@ -41,3 +44,13 @@ def from_ranges(ranges: object, count: int) -> set[int]:
         indices.update(range(pair[0], pair[1]))
         previous_end = pair[1]
     return indices
+
+
+def have_document(storage: PieceStorage) -> dict:
+    """``{"root", "pieceSize", "pieces": ranges}``: what a node answers for ``/have``, over HTTP or a data channel."""
+    manifest = storage.manifest
+    return {
+        "root": manifest.root if manifest else None,
+        "pieceSize": manifest.piece_size if manifest else None,
+        "pieces": to_ranges(storage.held()),
+    }

@@ -48,7 +48,9 @@ from peers.announce import Announcer
 from peers.catalog import UpstreamCatalog
 from peers.eviction import HeldPieces
 from peers.fetcher import PieceFetcher, VideoChanged
+from peers.have import have_document
 from peers.hops import LoopDetected
+from peers.links import PeerLinks
 from peers.manifest import Manifest
 from peers.pieces import PieceStorage, PieceStore
 from peers.session import VideoSession
@@ -93,6 +95,8 @@ class PeerNodeStore(Store):
         self._opening: SingleFlight[VideoSession] = SingleFlight()
         self._follow_task: asyncio.Task | None = None
         self._announcer: Announcer | None = None
+        # Data channels to peers no HTTP request reaches, and from them (once joined).
+        self._links: PeerLinks | None = None
 
     async def start(self) -> None:
         self._piece_store.start()
@@ -124,12 +128,16 @@ class PeerNodeStore(Store):
         """Mirrors ``presence`` (this node's clients) onto the upstream's (see :mod:`peers.announce`), and counts.
 
         Signals of its clients for sockets it does not know go up on the
-        same sockets, and answers come back down (see :mod:`presence.signalling`).
+        same sockets, and answers come back down (see :mod:`presence.signalling`);
+        so do those of the node's own data channels to peers (:mod:`peers.links`).
         The videos watched there are also never evicted.
         """
         self._presence = presence
         self._announcer = Announcer(presence, self.upstream.presence_url(), self.public_url, signalling.from_upstream)
         signalling.upstream = self._announcer.send
+        self._links = PeerLinks(self._announcer.send, self.upstream.ice_servers, self._have_for_peer,
+                                self.piece_for_peer)
+        signalling.own = self._links.on_signal
         self._announcer.start()
         self.on_bad_piece = metrics.piece_failed
         metrics.count_sources(self.sources)
@@ -142,6 +150,8 @@ class PeerNodeStore(Store):
             self._follow_task.cancel()
         if self._announcer:
             await self._announcer.close()
+        if self._links:
+            await self._links.close()
         for session in self._sessions.values():
             session.close()
         for storage in self._storages.values():
@@ -182,6 +192,17 @@ class PeerNodeStore(Store):
     def source_counts(self, video_id: str) -> dict[str, int]:
         return self.sources.setdefault(video_id, dict.fromkeys(SOURCES, 0))
 
+    def peer_routes(self, video_id: str) -> dict[str, str]:
+        session = self._sessions.get(video_id)
+        peers = session.fetcher.swarm.peers.values() if session is not None else ()
+        return {p.url: p.reached for p in peers if p.reached is not None}
+
+    def _have_for_peer(self, video_id: str) -> dict:
+        """``/have``, for a peer asking over a data channel."""
+        if video_id not in self.catalog.videos:
+            raise KeyError(f"no video {video_id!r}")
+        return have_document(self.pieces(video_id))
+
     def upstream_manifests(self) -> _SessionManifests:
         return _SessionManifests(self)
 
@@ -211,7 +232,7 @@ class PeerNodeStore(Store):
         if old is not None:
             old.close()  # first, so that none of its fetches lands in the storage adopted next
         await storage.adopt(manifest)
-        swarm = Swarm(self.upstream, manifest, self.public_url, self.bad_peers)
+        swarm = Swarm(self.upstream, manifest, self.public_url, self.bad_peers, self._links)
         fetcher = PieceFetcher(manifest, swarm, self.upstream, on_bad_piece=self.on_bad_piece)
         session = VideoSession(manifest, storage, fetcher, self.source_counts(video.id), on_kept=self._check_soon)
         # Readers arriving meanwhile wait on this opening too, rather than skip past the peers.

@@ -15,6 +15,11 @@ the shortest measured round trip (in ``RTT_STEP`` steps, so that noise does
 not reorder peers), then the upstream's closest-first order. ``None`` means
 no peer can give it: the caller falls back to the upstream.
 
+A peer is asked over HTTP at its URL. One whose ``/have`` gets no answer
+at all (refused, timed out: it is behind a NAT, or its URL leads nowhere
+from here) and that is listed with a ``socketId`` is asked over a data
+channel from then on (:mod:`peers.links`); ``Peer.via`` says which.
+
 A peer that failed a request (refused it, stalled, dropped the connection)
 rests for ``REST`` seconds. A peer that sent bytes failing verification is
 *bad*: it is never asked again, for any video, while this node runs (the
@@ -30,7 +35,9 @@ from dataclasses import dataclass, field
 
 import api_paths
 from media.store import StoreError
+from peers.channel import ChannelClient
 from peers.have import from_ranges
+from peers.links import PeerLinks
 from peers.manifest import Manifest
 from peers.transfer import TransferError, get_json
 from peers.upstream import Upstream
@@ -53,11 +60,20 @@ class Peer:
     rtt: float | None = None
     busy: int = 0
     resting_until: float = 0.0
+    # Its socket at the upstream's presence, when listed with one: where a signal to it goes.
+    socket_id: str | None = None
+    # "http", or "channel" once its URL gave no answer (then ``channel`` is its open channel, if any).
+    via: str = "http"
+    channel: ChannelClient | None = None
+    # How its last have came: "http" or "channel"; None before any did.
+    reached: str | None = None
 
 
 class Swarm:
-    def __init__(self, upstream: Upstream, manifest: Manifest, own_url: str | None, bad: set[str]) -> None:
+    def __init__(self, upstream: Upstream, manifest: Manifest, own_url: str | None, bad: set[str],
+                 links: PeerLinks | None = None) -> None:
         self.upstream = upstream
+        self.links = links
         self.manifest = manifest
         self.own_url = own_url
         self.bad = bad
@@ -119,31 +135,50 @@ class Swarm:
                 log.info("cannot list the peers of %s: %s", self.manifest.video_id, e)
             else:
                 self._listed_at = time.monotonic()
+                sockets = {p["url"].rstrip("/"): p.get("socketId") for p in reversed(listed)}
                 urls = [u for u in dict.fromkeys(p["url"].rstrip("/") for p in listed) if u != self.own_url]
                 self.peers = {u: self.peers.get(u) or Peer(u, i) for i, u in enumerate(urls)}
                 for i, url in enumerate(urls):
                     self.peers[url].order = i
+                    self.peers[url].socket_id = sockets[url]
         now = time.monotonic()
         usable = [p for p in self.peers.values() if p.url not in self.bad and p.resting_until <= now]
         await asyncio.gather(*(self._read_have(p) for p in usable))
         self._have_at = time.monotonic()
 
     async def _read_have(self, peer: Peer) -> None:
-        url = peer.url + api_paths.HAVE(video_id=self.manifest.video_id)
-        started = time.monotonic()
         try:
-            have = await get_json(url, HAVE_TIMEOUT)
+            have, rtt = await self._ask_have(peer)
             if not isinstance(have, dict):
                 raise ValueError("not a JSON object")
             same = have.get("root") == self.manifest.root
             peer.have = from_ranges(have.get("pieces"), self.manifest.piece_count) if same else set()
+            peer.reached = peer.via
         except (TransferError, ValueError) as e:
             log.info("no have from peer %s: %s; resting it %g s", peer.url, e, REST)
             peer.have = set()
             peer.resting_until = time.monotonic() + REST
             return
-        rtt = time.monotonic() - started
         peer.rtt = rtt if peer.rtt is None else 0.8 * peer.rtt + 0.2 * rtt
+
+    async def _ask_have(self, peer: Peer) -> tuple[object, float]:
+        """The peer's have document, and the seconds it took, asked the way the peer is reached."""
+        video_id = self.manifest.video_id
+        if peer.via == "http":
+            started = time.monotonic()
+            try:
+                return await get_json(peer.url + api_paths.HAVE(video_id=video_id), HAVE_TIMEOUT), time.monotonic() - started
+            except TransferError as e:
+                if e.status is not None or self.links is None or peer.socket_id is None:
+                    raise
+                log.info("peer %s gives no answer over HTTP (%s); asking it over a data channel", peer.url, e)
+                peer.via = "channel"
+        if peer.socket_id is None or self.links is None:
+            raise TransferError(f"peer {peer.url}: no socket to signal to")
+        peer.channel = None
+        peer.channel = await self.links.dial(video_id, peer.socket_id)
+        started = time.monotonic()
+        return await peer.channel.have(video_id, HAVE_TIMEOUT), time.monotonic() - started
 
 
 def _rtt_steps(peer: Peer) -> int:

@@ -79,14 +79,23 @@ class Upstream:
         return manifest
 
     async def peers(self, video_id: str) -> list[dict]:
-        """The upstream's ``[{"url", "address"}]`` for the video; malformed entries are left out."""
+        """The upstream's ``[{"url", "address"[, "socketId"]}]`` for the video; malformed entries are left out."""
         peers = await self._json(self.url_of(api_paths.PEERS(video_id=video_id)), JSON_TIMEOUT)
         if not isinstance(peers, list):
             raise Unavailable(f"{self.url}: the peers of {video_id!r} are not a list")
         return [
             p for p in peers
             if isinstance(p, dict) and isinstance(p.get("url"), str) and isinstance(p.get("address"), str)
+            and isinstance(p.get("socketId", ""), str)
         ]
+
+    async def ice_servers(self) -> list[dict]:
+        """The upstream's ``iceServers`` (see peers.ice): STUN, and TURN with credentials fresh for this node."""
+        answer = await self._json(self.url_of(api_paths.ICE_SERVERS()), JSON_TIMEOUT)
+        servers = answer.get("iceServers") if isinstance(answer, dict) else None
+        if not isinstance(servers, list) or not all(isinstance(s, dict) and "urls" in s for s in servers):
+            raise Unavailable(f"{self.url}: its ICE servers are not a list of RTCIceServer objects")
+        return servers
 
     async def body(self, path: str) -> bytes:
         """The body of ``GET path`` (a caption track, a poster: one of :mod:`api_paths`)."""

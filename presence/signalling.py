@@ -28,7 +28,9 @@ node's socket, then what the node says of its own sockets, which can only
 lead back to the node). An answer to that address reaches the node's socket
 as ``{"type": "signal", "from": F, "to": SENDER, "data"}``, and the node
 hands it to its socket ``SENDER`` as from ``F``; an error for a relayed
-signal comes back with ``"for": SENDER`` and goes on the same way.
+signal comes back with ``"for": SENDER`` and goes on the same way. What
+comes down naming no ``to`` (or, an error, no ``for``) is for the node
+itself: its own data channels to peers (:mod:`peers.links`).
 """
 
 from __future__ import annotations
@@ -61,13 +63,15 @@ class Signalling:
 
     ``upstream(video_id, message)`` (set by a node's store) sends ``message``
     up on the node's socket at the upstream for that video, and says whether
-    it could.
+    it could; ``own(video_id, message)`` (set there too) takes what comes
+    down addressed to the node itself (see :mod:`peers.links`).
     """
 
     def __init__(self, presence: Presence, signals_per_second: float) -> None:
         self.presence = presence
         self.rate = signals_per_second
         self.upstream: Callable[[str, dict], bool] | None = None
+        self.own: Callable[[str, dict], None] | None = None
         self._endpoints: dict[str, _Endpoint] = {}
         self._gone: collections.OrderedDict[str, None] = collections.OrderedDict()
 
@@ -128,12 +132,16 @@ class Signalling:
         """A signal, or a signal's error, that came down this node's socket at the upstream watching ``video_id``.
 
         It goes to the local socket its ``to`` (a signal) or ``for`` (an
-        error) names, if that one watches the video; anything else is
-        dropped with a line in the log (answering the upstream back could
-        loop), and the asker's own timeout tells it.
+        error) names, if that one watches the video; without either, to the
+        node itself (``own``). Anything else is dropped with a line in the
+        log (answering the upstream back could loop), and the asker's own
+        timeout tells it.
         """
         is_error = message.get("type") == "error"
         address = message.get("for" if is_error else "to")
+        if address is None and self.own is not None:
+            self.own(video_id, message)
+            return
         if not isinstance(address, str):
             log.info("signal from the upstream for this node itself, which takes none: %.200r", message)
             return

@@ -204,7 +204,7 @@ def test_a_node_evicts_the_least_recently_read_video_and_fetches_it_again(server
     assert health["heldBytes"] == 2 * SIZE and health["maxHeldBytes"] == LIMIT and health["evictions"] == 1
     assert again.body == videos["a"]
     # Every byte of a came from the origin twice: nothing of it was left to read locally.
-    assert facts["sources a"] == {"local": 0, "peers": 0, "origin": 2 * SIZE}
+    assert facts["sources a"] == {"local": 0, "peers": 0, "origin": 2 * SIZE, "reached": {}}
     assert facts["have a"] == [[0, 17]]
     assert facts["files after a again"] == [f"{v}.{kind}" for v in "ac" for kind in ("data", "have.json", "manifest.json")]
     assert facts["files after restart"] == ["a.data", "a.have.json", "a.manifest.json"]

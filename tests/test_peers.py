@@ -23,7 +23,7 @@ from tornado.testing import bind_unused_port
 
 from harness.http import get_json
 from harness.in_process import listen
-from harness.loopback import until
+from harness.loopback import free_port, until
 from harness.media import write_random_video
 from harness.nodes import (
     MiB,
@@ -382,9 +382,9 @@ async def test_origin_serves_manifests_and_lists_peers_closest_first(http_client
         presence.watch(socket_id, "alpha", peer)
     r = await http_client.fetch(f"{base_url}/videos/alpha/peers")
     assert ujson.loads(r.body) == [
-        {"url": "http://127.0.0.1:3", "address": "127.0.0.1"},
-        {"url": "http://127.0.0.9:2", "address": "127.0.0.9"},
-        {"url": "http://10.0.0.5:1", "address": "10.0.0.5"},
+        {"url": "http://127.0.0.1:3", "address": "127.0.0.1", "socketId": "same"},
+        {"url": "http://127.0.0.9:2", "address": "127.0.0.9", "socketId": "lan"},
+        {"url": "http://10.0.0.5:1", "address": "10.0.0.5", "socketId": "far"},
     ]
     for path in ("have", "pieces/0", "sources"):
         r = await http_client.fetch(f"{base_url}/videos/alpha/{path}", raise_error=False)
@@ -459,7 +459,53 @@ def test_peer_killed_mid_transfer_costs_one_short_stall(servers):
     playback, sources = asyncio.run(scenario())
     assert playback.sha256 == hashlib.sha256(data).hexdigest()
     assert playback.longest_request < 1.0, playback.durations
-    assert sources["peers"] >= MiB and sources["origin"] >= MiB and sum(sources.values()) == len(data), sources
+    assert sources["peers"] >= MiB and sources["origin"] >= MiB and _served(sources) == len(data), sources
+    assert sources["reached"] == {b.url: "http"}, sources
+
+
+def test_a_peer_no_http_request_reaches_is_read_over_a_data_channel_signalled_through_the_origin(servers):
+    origin = servers("origin")
+    data = write_random_video(os.path.join(origin.library, "big.mp4"), 4 * MiB)
+    # b announces a URL nothing answers at (a port nobody listens on), as a node behind a NAT would.
+    b = servers("b", upstream=origin.url, public_url=f"http://127.0.0.1:{free_port()}")
+    c = servers("c", upstream=origin.url)
+
+    async def scenario():
+        await start_all(origin, b, c, video="big")
+        seeder = Viewer(b.url)
+        await seeder.watch("big")
+        assert (await seeder.play("big")).body == data
+        await until(lambda: _listed(origin, "big", b.public_url), what="b listed at the origin")
+
+        viewer = Viewer(c.url)
+        await viewer.watch("big")
+        # The first piece opens c's session, whose swarm finds b's URL dead and dials it through signalling.
+        first = await viewer.play("big", range_size=PIECE, end=PIECE)
+        await until(lambda: _reached(c, "big", b.public_url, "channel"), CHANNEL_UP, what="c reaching b over a channel")
+        rest = await viewer.play("big", start=PIECE)
+        sources = await get_json(f"{c.url}/videos/big/sources")
+        viewer.close()
+        seeder.close()
+        return first.body + rest.body, sources
+
+    body, sources = asyncio.run(scenario())
+    assert hashlib.sha256(body).digest() == hashlib.sha256(data).digest()
+    assert sources["reached"] == {b.public_url: "channel"}, sources
+    # From the origin: the first piece and what was read ahead while the channel opened (9 pieces of 64).
+    assert sources["peers"] >= 3 * len(data) // 4 and _served(sources) == len(data), sources
+
+
+# Seconds for a node to find a peer's URL dead and open a data channel to it
+# through the origin's presence sockets: about one on loopback here.
+CHANNEL_UP = 20.0
+
+
+async def _reached(server: Server, video_id: str, url: str, via: str) -> bool:
+    return (await get_json(f"{server.url}/videos/{video_id}/sources"))["reached"].get(url) == via
+
+
+def _served(sources: dict) -> int:
+    return sources["local"] + sources["peers"] + sources["origin"]
 
 
 def test_a_node_with_a_corrupted_copy_is_caught_and_avoided(servers):
@@ -574,7 +620,7 @@ def test_a_node_serves_what_it_holds_to_peers_and_without_its_upstream(servers):
     assert again.body == data
     # Fetched pieces count toward the origin until served to their end once: piece 3 was, by the first
     # read, so the second play served it as local; the third play was local throughout.
-    assert sources == {"local": PIECE + len(data), "peers": 0, "origin": 100_000 + len(data) - PIECE}
+    assert sources == {"local": PIECE + len(data), "peers": 0, "origin": 100_000 + len(data) - PIECE, "reached": {}}
 
 
 @pytest.mark.pravega
@@ -608,7 +654,7 @@ def test_a_pravega_node_keeps_the_verified_prefix_and_streams_the_rest_through(s
     assert after_seek["pieces"] == [], after_seek
     assert whole.body == data and again.body == data
     # After the restart every byte came from the node's own Pravega.
-    assert sources == {"local": len(data), "peers": 0, "origin": 0}, sources
+    assert sources == {"local": len(data), "peers": 0, "origin": 0, "reached": {}}, sources
     assert health["store"]["piecesHeld"] == {"big": 33}
     # One stream holds them, and nothing went to the node's disk.
     assert len(streams_of(pravega_settings)) == 1
