@@ -16,6 +16,18 @@ same file stand for ``/pieces/{n}``. The asking process (this one) measures:
    opening ``--channels`` more channels to the server, over their number.
 
     .venv/bin/python bench/channel.py [--size-mib 64] [--piece-kib 1024] [--channels 20]
+
+With ``--netns`` (root; iproute2, nftables, coturn) the two sides are
+instead peer processes (harness/webrtc_peer.py) on the simulated internet
+of harness/netns.py, with a coturn on its WAN as STUN and TURN server, and
+for each of three paths (two hosts on one LAN; two homes behind
+endpoint-independent NAT, server-reflexive; two homes behind symmetric NAT,
+relayed by TURN) it gives the nominated pair, the time to the first byte
+over a new connection (candidates gathered, STUN and TURN included, then
+ICE, DTLS, SCTP and the request) and the throughput of the whole video
+piece after piece over the channel:
+
+    .venv/bin/python bench/channel.py --netns [--size-mib 64] [--piece-kib 1024]
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
+import json
 import multiprocessing
 import os
 import sys
@@ -150,12 +163,57 @@ async def measure(args, manifest: Manifest, pipe, port: int) -> None:
     await pc.close()
 
 
+def measure_netns(args) -> None:
+    from harness.netns import ENDPOINT_INDEPENDENT, SYMMETRIC, HomePlan, Internet, unavailable
+    from harness.turn import NamespaceTurnServer
+    from harness.webrtc_peer import PeerProcess, connect, manifest_json
+
+    reason = unavailable()
+    if reason:
+        sys.exit(f"channel: --netns: {reason}")
+    plans = [HomePlan("a", ENDPOINT_INDEPENDENT, hosts=2), HomePlan("b", ENDPOINT_INDEPENDENT),
+             HomePlan("c", SYMMETRIC), HomePlan("d", SYMMETRIC)]
+    with tempfile.TemporaryDirectory() as folder, Internet(plans) as net, \
+            NamespaceTurnServer(net.wan, os.path.join(folder, "turn")) as turn:
+        path, manifest = os.path.join(folder, "alpha.mp4"), os.path.join(folder, "manifest.json")
+        data = write_random_video(path, args.size_mib * 2**20)
+        with open(manifest, "w") as f:
+            f.write(json.dumps(manifest_json(data, args.piece_kib * 1024)))
+        del data
+        a, b, c, d = (net.homes[name].hosts for name in "abcd")
+        stun = [{"urls": turn.stun_url()}]
+        for name, fetching, serving, ice in (
+            ("one LAN", a[0], a[1], (stun, stun)),
+            ("endpoint-independent NATs", a[0], b[0], (stun, stun)),
+            ("symmetric NATs", c[0], d[0], (turn.ice_servers("bench-c"), turn.ice_servers("bench-d"))),
+        ):
+            server = PeerProcess(serving, ["--ice", json.dumps(ice[1]), "--serve", path,
+                                           "--piece-size", str(args.piece_kib * 1024)], os.path.join(folder, "s.log"))
+            fetcher = PeerProcess(fetching, ["--ice", json.dumps(ice[0]), "--fetch", manifest],
+                                  os.path.join(folder, "f.log"))
+            try:
+                opened, _ = connect(fetcher, server, 60)
+                fetched = fetcher.expect("fetched", 600)
+            finally:
+                fetcher.close(30)
+                server.close(30)
+            pair = opened["open"]
+            print(f"{name}: {pair['local']['type']} -> {pair['remote']['type']} {pair['remote']['address']}; "
+                  f"first byte {fetched['first_byte_seconds'] * 1000:.0f} ms; "
+                  f"{fetched['fetched'] / 2**20:.0f} MiB in {fetched['seconds']:.2f} s, "
+                  f"{fetched['fetched'] * 8 / fetched['seconds'] / 1e6:.0f} Mbit/s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mib", type=int, default=64)
     parser.add_argument("--piece-kib", type=int, default=1024)
     parser.add_argument("--channels", type=int, default=20)
+    parser.add_argument("--netns", action="store_true", help="across the simulated internet's NATs and TURN")
     args = parser.parse_args()
+    if args.netns:
+        measure_netns(args)
+        return
     with tempfile.TemporaryDirectory() as folder:
         data = write_random_video(os.path.join(folder, "alpha.mp4"), args.size_mib * 2**20)
         manifest = _manifest(data, args.piece_kib * 1024)

@@ -17,8 +17,11 @@ the manifest. Signalling is out of band, JSON lines on stdin and stdout::
 
 Each SDP holds every candidate (aiortc gathers before it answers), so no
 trickling. ``CANDIDATE`` is the nominated pair's end, ``{"type": "host" |
-"srflx" | "prflx" | "relay", "address", "port"}``; ``seconds`` count from
-the process's start of ICE (the offer made, or the offer read). ``--ice``
+"srflx" | "prflx" | "relay", "address", "port"}``. ``seconds`` in ``open``
+and ``first_byte_seconds`` count from the start of the connection (on the
+fetching side, before it gathers its candidates: STUN and TURN included;
+on the serving side, from the offer read); the fetch's ``seconds`` count
+from the channel open to the last byte. ``--ice``
 is the RTCIceServer list as JSON: given empty, no STUN or TURN at all
 (never aiortc's default, a public STUN server).
 
@@ -155,10 +158,10 @@ async def _run(args) -> None:
             await pc.setLocalDescription(await pc.createAnswer())
             say({"answer": {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}})
         else:
+            started = time.monotonic()
             channel = pc.createDataChannel("pieces")
             channel.on("open", opened.set)
             await pc.setLocalDescription(await pc.createOffer())
-            started = time.monotonic()
             say({"offer": {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}})
             await pc.setRemoteDescription(RTCSessionDescription(**(await hear())["answer"]))
         await opened.wait()
@@ -202,11 +205,11 @@ async def _fetch(channel, manifest_path: str, started: float) -> dict:
 
     with open(manifest_path) as f:
         manifest = Manifest.from_json(json.load(f))
+    fetch_started = time.monotonic()
     client = ChannelClient(channel)
     have = await client.have(VIDEO_ID, STALL)
     assert have["root"] == manifest.root, have
     whole, first_byte = hashlib.sha256(), None
-    fetch_started = time.monotonic()
     for n in range(manifest.piece_count):
         start, end = manifest.piece_range(n)
         piece = hashlib.sha256()
