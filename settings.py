@@ -62,6 +62,9 @@ class PravegaSettings:
     workers: int = 2
     # Seconds a Pravega call may take before the request gets a 503.
     timeout: float = 5.0
+    # Seconds a video body already under way retries a read Pravega fails
+    # (a segment store lost, its containers moving) before it is cut short.
+    failover_timeout: float = 30.0
     # Seconds after which an instance that stopped heart-beating is dropped from presence.
     instance_timeout: float = 10.0
 

@@ -1,7 +1,11 @@
-"""Raw clients on blocking sockets, for what Tornado's clients will not do: stall, or send any frame at all."""
+"""Raw clients, for what Tornado's clients will not do: stall, read at their own pace, or send any frame at all.
+
+:class:`Download` is one GET on the caller's event loop; the rest are blocking sockets.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import socket
@@ -66,3 +70,52 @@ def silent_websocket(port: int, rcvbuf: int | None = SMALL_RCVBUF) -> socket.soc
         answer += sock.recv(4096)
     assert answer.startswith(b"HTTP/1.1 101"), answer[:200]
     return sock
+
+
+class Download:
+    """One GET, read at the test's own pace through a small receive buffer,
+    so the server cannot run far ahead of what the test has read."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.status = 0
+        self.headers: dict[str, str] = {}
+
+    @classmethod
+    async def start(cls, port: int, path: str, **headers: str) -> Download:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        download = cls(*await asyncio.open_connection(sock=sock, limit=1 << 20))
+        lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close"]
+        lines += [f"{name.replace('_', '-')}: {value}" for name, value in headers.items()]
+        download.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        head = await asyncio.wait_for(download.reader.readuntil(b"\r\n\r\n"), 10)
+        status_line, *fields = head.decode("latin-1").split("\r\n")
+        download.status = int(status_line.split()[1])
+        download.headers = {n.strip().lower(): v.strip() for n, _, v in (f.partition(":") for f in fields if f)}
+        return download
+
+    @property
+    def length(self) -> int:
+        return int(self.headers["content-length"])
+
+    async def read(self, n: int, timeout: float = 10.0) -> bytes:
+        """The next ``n`` bytes of the body; IncompleteReadError, with what came, when it ends first."""
+        return await asyncio.wait_for(self.reader.readexactly(n), timeout)
+
+    async def rest(self, timeout: float = 20.0) -> bytes:
+        """Everything up to the server's close."""
+        return await asyncio.wait_for(self.reader.read(), timeout)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def get(port: int, path: str, **headers: str) -> tuple[int, dict[str, str], bytes]:
+    download = await Download.start(port, path, **headers)
+    try:
+        return download.status, download.headers, await download.rest()
+    finally:
+        download.close()

@@ -112,8 +112,11 @@ class PravegaStore(Store):
             offset = start
             while offset < end:
                 chunk = buffer[: min(len(buffer), end - offset)]
+                # The first chunk fails fast, so the client still gets a 503; once the status line
+                # is out, a failure could only cut the body short, so the read is resumed instead.
+                resume_for = self.settings.failover_timeout if offset > start else 0
                 with store_errors():
-                    await session.read_into(stream, offset, chunk)
+                    await session.read_into(stream, offset, chunk, resume_for)
                 offset += len(chunk)
                 yield chunk
 

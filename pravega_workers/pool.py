@@ -46,6 +46,8 @@ MAX_QUEUED = 64 * 1024 * 1024
 # Seconds a worker may take from its start to READY. It makes no network call before that, so only a machine
 # starved of CPU comes near it.
 START_TIMEOUT = 30.0
+# Seconds between tries of a read being resumed (see ReadSession.read_into).
+RESUME_PAUSE = 0.5
 
 
 class Worker:
@@ -368,10 +370,36 @@ class ReadSession:
         self.slot.sessions -= 1
         self.slot.tell(proto.RELEASE, ujson.dumps({"reader": self.reader}).encode())
 
-    async def read_into(self, stream: str, offset: int, into: memoryview) -> None:
-        """Fills ``into`` with the bytes of ``stream`` from ``offset``."""
-        request = {"reader": self.reader, "stream": stream, "offset": offset, "length": len(into)}
-        await self.slot.request(proto.READ, ujson.dumps(request).encode(), f"a read of {stream!r}", into)
+    async def read_into(self, stream: str, offset: int, into: memoryview, resume_for: float = 0) -> None:
+        """Fills ``into`` with the bytes of ``stream`` from ``offset``.
+
+        With ``resume_for``, a read that fails for want of Pravega is tried
+        again from the same offset until ``resume_for`` seconds have passed,
+        each try bounded by ``pravega.timeout``. That rides out a segment
+        store lost under a read: the client in the worker retries the dead
+        store with a backoff that grows to 10 s, so a try that overstays the
+        timeout is killed with its worker, and a fresh one asks the controller
+        afresh where the segment's container went. A stream that is gone
+        fails at once.
+        """
+        request = ujson.dumps({"reader": self.reader, "stream": stream, "offset": offset, "length": len(into)})
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        tries = 1
+        while True:
+            try:
+                await self.slot.request(proto.READ, request.encode(), f"a read of {stream!r}", into)
+            except PravegaError as e:
+                if e.kind == NOT_FOUND or loop.time() - began >= resume_for:
+                    raise
+                log.info("resuming a read of %r at offset %d: %s", stream, offset, e)
+                await asyncio.sleep(RESUME_PAUSE)
+                tries += 1
+                continue
+            if tries > 1:
+                log.info("resumed a read of %r at offset %d after %.1f s (%d tries)", stream, offset,
+                         loop.time() - began, tries)
+            return
 
 
 class EventAppender:
