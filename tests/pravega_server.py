@@ -1,7 +1,9 @@
-"""The shared standalone Pravega (scripts/pravega) for the tests, and what a test does when Pravega cannot run.
+"""The shared standalone Pravega (scripts/pravega) and the durable cluster (scripts/pravega cluster) for the
+tests, and what a test does when Pravega cannot run.
 
 Without Java or Maven the Pravega tests are skipped, except under CI (env
-``CI`` set), where that is a failure: CI must run them.
+``CI`` set), where that is a failure: CI must run them. The same goes for a
+cluster that cannot start.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import os
 
 import pytest
 
-from harness.pravega import PravegaNotStarted, StandalonePravega, port_open, run_script
+from harness.pravega import PravegaCluster, PravegaNotStarted, StandalonePravega, port_open, run_script
 
 
 def unavailable(reason: str) -> None:
@@ -41,3 +43,17 @@ def start_private(home) -> StandalonePravega:
     except PravegaNotStarted as e:
         unavailable(str(e))
     return pravega
+
+
+def session_cluster(data):
+    """The cluster for a whole test run: data in ``data`` (a fresh folder), ports from
+    ``PRAVEGA_CLUSTER_PORT_BASE`` (12000 by default); stopped at the end, however the run ended."""
+    cluster = PravegaCluster(data, int(os.environ.get("PRAVEGA_CLUSTER_PORT_BASE", "12000")))
+    try:
+        cluster.start()
+    except PravegaNotStarted as e:
+        unavailable(str(e))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
