@@ -21,14 +21,18 @@ the loop really spent running something else. The probe is put in by
 running ``server.py``'s ``main`` in a small wrapper, so the server carries
 no benchmark code.
 
-    .venv/bin/python bench/pravega_stream.py [--controller URI] [--seconds 10] [--rounds 5]
+    .venv/bin/python bench/pravega_stream.py [--controller URI | --cluster] [--seconds 10] [--rounds 5]
                                              [--connections 16] [--workers 2]
 
-Without ``--controller`` it starts a Pravega of its own (scripts/pravega,
-with its own home and ports, a 3 GiB heap and a 1 GiB segment cache: the
-emulator's 128 MiB cache fails the container when 256 MiB are written at
-once) and stops it at the end; with ``--controller`` it uses that one and
-deletes its scope at the end. Needs wrk (scripts/setup --test installs it).
+Without ``--controller`` it starts a Pravega of its own and stops it at the
+end: a standalone (scripts/pravega, with its own home and ports, a 3 GiB
+heap and a 1 GiB segment cache: the emulator's 128 MiB cache fails the
+container when 256 MiB are written at once), or with ``--cluster`` the
+durable cluster (scripts/pravega cluster, its data in a temporary folder,
+its ports from ``PRAVEGA_CLUSTER_PORT_BASE``, 12000 by default), so both
+contenders read through its controller and two segment stores. With
+``--controller`` it uses that Pravega and deletes its scope at the end.
+Needs wrk (scripts/setup --test installs it).
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from harness.media import write_random_video  # noqa: E402
-from harness.pravega import PravegaNotStarted, StandalonePravega  # noqa: E402
+from harness.pravega import PravegaCluster, PravegaNotStarted, StandalonePravega  # noqa: E402
 from harness.server_process import ServerProcess  # noqa: E402
 from media.pravega_store import ingest_into_pravega  # noqa: E402
 from media.store import NewVideo  # noqa: E402
@@ -126,6 +130,16 @@ def start_pravega(home: str) -> StandalonePravega:
     return pravega
 
 
+def start_cluster(data: str) -> PravegaCluster:
+    cluster = PravegaCluster(data, int(os.environ.get("PRAVEGA_CLUSTER_PORT_BASE", "12000")))
+    try:
+        cluster.start()
+    except PravegaNotStarted as e:
+        cluster.stop()
+        raise SystemExit(str(e)) from None
+    return cluster
+
+
 def raw_round(uri: str, scope: str, stream: str, processes: int, seconds: int) -> float:
     """Ranges per second that ``processes`` raw readers manage together."""
     procs = [subprocess.Popen([sys.executable, "-c", RAW_READER, uri, scope, stream, str(FILE_SIZE), str(RANGE),
@@ -169,7 +183,9 @@ def worst_lag(path: str, windows: list[tuple[float, float]]) -> tuple[float, flo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--controller", help="a running Pravega's controller URI (default: start one)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--controller", help="a running Pravega's controller URI (default: start one)")
+    source.add_argument("--cluster", action="store_true", help="start the durable cluster, not a standalone")
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=16)
@@ -185,8 +201,8 @@ def main() -> None:
     server = None
     try:
         if uri is None:
-            print("starting a Pravega of its own", flush=True)
-            pravega = start_pravega(os.path.join(work, "pravega"))
+            print(f"starting a {'cluster' if args.cluster else 'Pravega'} of its own", flush=True)
+            pravega = (start_cluster if args.cluster else start_pravega)(os.path.join(work, "pravega"))
             uri = pravega.uri
         video = os.path.join(work, "big.mp4")
         write_random_video(video, FILE_SIZE)
@@ -230,7 +246,8 @@ def main() -> None:
 
         raw, binge = statistics.median(results["raw"]), statistics.median(results["binge"])
         lag, running = worst_lag(lag_file, windows)
-        print(f"\nrandom 1 MiB ranges of a 256 MiB stream, {args.rounds} rounds of {args.seconds} s, medians:")
+        print(f"\nrandom 1 MiB ranges of a 256 MiB stream on {uri}"
+              f"{' (the cluster)' if args.cluster else ''}, {args.rounds} rounds of {args.seconds} s, medians:")
         print(f"  raw client, {args.workers} processes      {raw:7.1f} MiB/s")
         print(f"  Binge+, {args.workers} workers, {args.connections:3d} conns   {binge:7.1f} MiB/s  "
               f"{binge / raw:.2f}x raw (target 0.70x)")
