@@ -23,7 +23,9 @@ setup(
     extras_require={
         # redbot is pinned: tests/test_redbot.py fails on its notes, which change between releases.
         "test": ["pytest>=8", "pytest-tornado>=0.8", "pytest-timeout>=2.3", "hypothesis>=6.100", "playwright>=1.40",
-                 "pysubs2>=1.7", "redbot==2.7.1"],
+                 "pysubs2>=1.7", "redbot==2.7.1",
+                 # bench/player_load.py --py-spy: where Binge+ spends its time under load.
+                 "py-spy>=0.4"],
     },
     entry_points={
         "console_scripts": [

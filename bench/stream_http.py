@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from harness.loopback import PeakRss, rss_kib  # noqa: E402
 from harness.media import write_random_video  # noqa: E402
-from harness.server_process import ListeningProcess, ServerProcess  # noqa: E402
+from harness.server_process import ListeningProcess, NginxProcess, ServerProcess  # noqa: E402
 
 FILE_SIZE = 256 * 1024 * 1024
 RANGE = 1024 * 1024
@@ -55,29 +55,6 @@ async def main():
 asyncio.run(main())
 """
 
-NGINX_CONF = """
-worker_processes 1;
-pid %(dir)s/nginx.pid;
-error_log %(dir)s/nginx-error.log;
-daemon off;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    sendfile on;
-    tcp_nopush on;
-    client_body_temp_path %(dir)s/tmp;
-    proxy_temp_path %(dir)s/tmp;
-    fastcgi_temp_path %(dir)s/tmp;
-    uwsgi_temp_path %(dir)s/tmp;
-    scgi_temp_path %(dir)s/tmp;
-    server {
-        listen 127.0.0.1:%(port)d;
-        location / { root %(root)s; }
-    }
-}
-"""
-
-
 def wrk(url: str, script: str, seconds: int, connections: int) -> float:
     out = subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", script, url],
@@ -101,27 +78,21 @@ def main() -> None:
 
     work = tempfile.mkdtemp(prefix="binge-bench-")
     servers: dict[str, ListeningProcess] = {}
-    # nginx's worker runs as an unprivileged user when started as root.
-    os.chmod(work, 0o755)
     try:
         library = os.path.join(work, "library")
-        os.makedirs(os.path.join(work, "tmp"))
         os.makedirs(library)
         write_random_video(os.path.join(library, "big.mp4"), FILE_SIZE)
         script = os.path.join(work, "ranges.lua")
         with open(script, "w") as f:
             f.write(WRK_SCRIPT % {"pieces": FILE_SIZE // RANGE, "range": RANGE})
 
-        nginx_conf = os.path.join(work, "nginx.conf")
         servers = {
             "binge": ServerProcess(work, {"storage": {"library": library, "cache_dir": os.path.join(work, "cache")}},
                                    "binge", log_level="WARNING", ready_path="/videos/big/stream"),
             "static": ListeningProcess(work, "static", lambda port: [sys.executable, "-c", STATIC_SERVER, library,
                                                                      str(port)], ready_path="/big.mp4"),
-            "nginx": ListeningProcess(work, "nginx", ["nginx", "-c", nginx_conf, "-p", work], ready_path="/big.mp4"),
+            "nginx": NginxProcess(work, library, ready_path="/big.mp4"),
         }
-        with open(nginx_conf, "w") as f:
-            f.write(NGINX_CONF % {"dir": work, "port": servers["nginx"].port, "root": library})
         for server in servers.values():
             server.start()
         for server in servers.values():

@@ -5,7 +5,8 @@ beside its log in a folder, runs ``server.py`` on it from the repository
 root, waits until it answers, and stops it by pid: SIGTERM as an operator
 would, SIGKILL when it does not exit in time. :class:`ListeningProcess`
 does the same for any other server program (nginx, a socket.io server) a
-benchmark compares with. A server that exits early or never answers fails
+benchmark compares with; :class:`NginxProcess` is nginx serving a folder's
+files, configured as the benchmarks compare Binge+ with it. A server that exits early or never answers fails
 with the tail of its log; used as a context manager, it is stopped however
 the block ends.
 """
@@ -192,3 +193,66 @@ class ServerProcess(ListeningProcess):
             return True
         except (urllib.error.URLError, OSError):
             return False
+
+
+NGINX_CONF = """
+worker_processes %(workers)d;
+pid %(dir)s/%(name)s.pid;
+error_log %(dir)s/%(name)s-error.log;
+daemon off;
+events { worker_connections 65536; }
+worker_rlimit_nofile 70000;
+http {
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    client_body_temp_path %(dir)s/tmp;
+    proxy_temp_path %(dir)s/tmp;
+    fastcgi_temp_path %(dir)s/tmp;
+    uwsgi_temp_path %(dir)s/tmp;
+    scgi_temp_path %(dir)s/tmp;
+    server {
+        listen 127.0.0.1:%(port)d;
+        location / { root %(root)s; }
+    }
+}
+"""
+
+
+class NginxProcess(ListeningProcess):
+    """nginx serving the files under ``root`` with sendfile, with ``workers`` worker processes.
+
+    Started as root, nginx's workers run as an unprivileged user: ``root``
+    and its parents must be readable by everyone (the folder is made so).
+    ``prefix`` goes before the command (``["taskset", "-c", "0"]``, say).
+    :meth:`pids` are the master's and its workers'.
+    """
+
+    def __init__(self, folder: str | os.PathLike, root: str, name: str = "nginx", port: int | None = None,
+                 ready_path: str | None = None, workers: int = 1, prefix: list[str] = ()) -> None:
+        super().__init__(folder, name, port=port, ready_path=ready_path)
+        self.root, self.workers, self.prefix = root, workers, list(prefix)
+        self.conf_path = os.path.join(self.folder, f"{name}.conf")
+
+    def command(self) -> list[str]:
+        return [*self.prefix, "nginx", "-c", self.conf_path, "-p", self.folder]
+
+    def start(self) -> NginxProcess:
+        os.chmod(self.folder, 0o755)
+        os.makedirs(os.path.join(self.folder, "tmp"), exist_ok=True)
+        with open(self.conf_path, "w") as f:
+            f.write(NGINX_CONF % {"dir": self.folder, "name": self.name, "port": self.port, "root": self.root,
+                                  "workers": self.workers})
+        return super().start()
+
+    def pids(self) -> list[int]:
+        return [self.pid, *child_pids(self.pid)]
+
+
+def child_pids(pid: int) -> list[int]:
+    """The pids of a process's children (of all its threads)."""
+    children = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            children += [int(c) for c in f.read().split()]
+    return children

@@ -1,0 +1,3 @@
+module bingeplus/bench/player
+
+go 1.26
