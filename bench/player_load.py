@@ -209,7 +209,8 @@ def main() -> None:
         medians = {name: statistics.median(counts) for name, counts in most.items()}
         cpu_medians = {name: statistics.median(values) if values else float("nan") for name, values in cpu.items()}
         print(f"\n8 Mbit/s viewers of a {args.size_mib} MiB file, holds of {args.hold:g} s, "
-              f"{args.rounds} rounds, medians (load average now {loadavg()}):")
+              f"{args.rounds} rounds, medians (load average now {loadavg()}, "
+              f"reference loop {reference_loop():.2f} s):")
         for name, label in (("nginx", "nginx (sendfile, 1 worker)"), ("binge", "Binge+ (1 process)")):
             print(f"  {label:28s} {medians[name]:6.0f} viewers held ({most[name]}), "
                   f"{1000 * cpu_medians[name]:.1f} CPU ms per Gbit ({', '.join(f'{1000 * c:.1f}' for c in cpu[name])})")
