@@ -77,6 +77,8 @@ class BingeApp(tornado.web.Application):
         # Instances on one Pravega scope share one presence picture.
         self.presence_link = backends.shared_presence(config, self.presence)
         if self.presence_link:
+            self.signalling.remote = self.presence_link.send_signal
+            self.presence_link.on_signal = self.signalling.from_instance
             self.presence_link.start()
         # A node mirrors what its clients watch onto its upstream's presence
         # (and relays their signals for sockets it does not know there), and serves its upstream's manifests; an origin hashes its videos

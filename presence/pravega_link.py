@@ -16,6 +16,8 @@ learns the whole picture from that short replay, and the stream does not
 grow. After any replay an instance sends its snapshot at once, which also
 repairs whatever of its records were lost while Pravega was away. On a
 clean shutdown it appends ``gone``, so the others drop its sockets at once.
+Signals between sockets of two instances go the same way (``signal``
+records, see :mod:`presence.signalling`).
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ import asyncio
 import logging
 import time
 import uuid
+from typing import Callable
 
 from pravega_workers.follower import StreamFollower
-from presence.shared import RemoteInstances, change_record, gone_record, snapshot_record
+from presence.shared import RemoteInstances, RemoteSignal, change_record, gone_record, signal_record, snapshot_record
 from presence.state import Change, Presence
 from settings import PravegaSettings
 
@@ -49,7 +52,10 @@ class PresenceLink(StreamFollower):
         super().__init__(settings, PRESENCE_STREAM, poll=POLL, keep=settings.instance_timeout)
         self.instance = uuid.uuid4().hex[:12]
         self.presence = presence
-        self.remote = RemoteInstances(presence, self.instance, settings.instance_timeout)
+        # Told each live signal of another instance (see presence.signalling).
+        self.on_signal: Callable[[RemoteSignal], None] = lambda signal: None
+        self.remote = RemoteInstances(presence, self.instance, settings.instance_timeout,
+                                      on_signal=lambda signal: self.on_signal(signal))
         self.heartbeat = settings.instance_timeout / HEARTBEATS_PER_TIMEOUT
         self._ticker: asyncio.Task | None = None
 
@@ -80,6 +86,10 @@ class PresenceLink(StreamFollower):
         # Other instances' sockets came from the stream: only our own go back to it.
         if change.instance is None:
             self.append(change_record(self.instance, change, time.time()))
+
+    def send_signal(self, signal: RemoteSignal) -> None:
+        """Appends a signal for a socket of another instance; that one delivers it."""
+        self.append(signal_record(self.instance, signal, time.time()))
 
     def _send_snapshot(self) -> None:
         self.append(snapshot_record(self.instance, self.presence.local_sockets(), time.time()))

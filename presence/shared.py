@@ -7,13 +7,18 @@ nothing here knows Pravega). A record is one UTF-8 JSON object::
     {"v": 1, "type": "change", "instance": ID, "at": T, "socket": SID, "state": STATE | null}
     {"v": 1, "type": "snapshot", "instance": ID, "at": T, "sockets": {SID: STATE, ...}}
     {"v": 1, "type": "gone", "instance": ID, "at": T}
+    {"v": 1, "type": "signal", "instance": ID, "at": T, "to": SID, "from": SID, "video": VIDEO_ID, "data": ANY}
 
 with ``STATE`` = ``{"ipaddress": IP, "video": VIDEO_ID | null, "peer": URL | null}``
 and ``T`` the writer's wall clock. A change is one socket's whole new state
 (null: disconnected); a snapshot is all of an instance's sockets (any other
 it had are gone), sent every few seconds as its heartbeat, which is what
 lets a newcomer learn the picture from the last moments of the stream
-alone; ``gone`` is an instance shutting down. Every record is a sign of
+alone; ``gone`` is an instance shutting down; ``signal`` is a WebRTC signal
+(:mod:`presence.signalling`) from a socket of the writer for a socket of
+another instance, which that one delivers if the socket is still its own
+and watches ``video``; a replay skips signals, which are only for the
+moment. Every record is a sign of
 life, and an instance not heard from for ``timeout`` seconds is taken for
 dead: its sockets are dropped.
 
@@ -26,7 +31,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import ujson
 
@@ -51,6 +56,21 @@ def gone_record(instance: str, at: float) -> bytes:
     return _encode({"type": "gone", "instance": instance, "at": at})
 
 
+def signal_record(instance: str, signal: RemoteSignal, at: float) -> bytes:
+    return _encode({"type": "signal", "instance": instance, "at": at, "to": signal.to, "from": signal.sender,
+                    "video": signal.video_id, "data": signal.data})
+
+
+@dataclass(frozen=True)
+class RemoteSignal:
+    """A signal from ``sender`` for ``to`` (both socket addresses), between two watchers of ``video_id``."""
+
+    to: str
+    sender: str
+    video_id: str
+    data: Any
+
+
 @dataclass(frozen=True)
 class Record:
     """A decoded record; ``sockets`` holds what it says of the instance's sockets (None: removed)."""
@@ -59,6 +79,7 @@ class Record:
     instance: str
     at: float
     sockets: dict[str, SocketState | None]
+    signal: RemoteSignal | None = None
 
 
 def decode_record(data: bytes) -> Record | None:
@@ -81,6 +102,11 @@ def decode_record(data: bytes) -> Record | None:
             sockets = {str(socket_id): _state(state) for socket_id, state in raw["sockets"].items()}
         elif kind == "gone":
             sockets = {}
+        elif kind == "signal":
+            to, sender, video = raw["to"], raw["from"], raw["video"]
+            if not all(isinstance(x, str) for x in (to, sender, video)) or "data" not in raw:
+                raise ValueError("to, from, video or data missing")
+            return Record(kind, instance, float(at), {}, RemoteSignal(to, sender, video, raw["data"]))
         else:
             raise ValueError(f"unknown type {kind!r}")
         return Record(kind, instance, float(at), sockets)
@@ -107,7 +133,8 @@ class RemoteInstances:
     at ``timeout``, so a dead instance found in a replay lasts no longer
     than it would have live (one long dead does not show at all); live records count as heard on arrival, so
     clocks that disagree do not matter there. Records of ``own`` (this
-    instance) are ignored: its sockets are in ``presence`` already.
+    instance) are ignored: its sockets are in ``presence`` already. A live
+    signal record for this instance goes to ``on_signal``.
     """
 
     def __init__(
@@ -117,8 +144,10 @@ class RemoteInstances:
         timeout: float,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        on_signal: Callable[[RemoteSignal], None] = lambda signal: None,
     ) -> None:
         self.presence = presence
+        self.on_signal = on_signal
         self.own = own
         self.timeout = timeout
         self._clock = clock
@@ -149,6 +178,12 @@ class RemoteInstances:
         if record is None or record.instance == self.own:
             return
         now = self._clock()
+        if record.signal is not None:
+            if self._staging is None:  # a replayed signal is long answered or given up
+                if (live := self._live.get(record.instance)) is not None:
+                    live.heard_at = max(live.heard_at, now)
+                self.on_signal(record.signal)
+            return
         if self._staging is not None:
             age = min(max(self._wall_clock() - record.at, 0.0), self.timeout)
             _apply(self._staging, record, now - age)

@@ -11,11 +11,16 @@ video. Anything else gets the sender ``{"type": "error", "error": TEXT,
 - ``not-watching``: the sender watches no video;
 - ``other-video``: the socket at ``ADDRESS`` watches another video;
 - ``gone``: it was here and has disconnected;
-- ``other-instance``: it is connected to another instance sharing presence
-  through Pravega (signals do not cross instances: see the README);
 - ``unknown``: no such socket here (nor, on a node, at its upstream);
 - ``too-many-signals``: the sender passed ``presence.signals_per_second``;
   one that keeps on is closed with 1008, and nobody else notices.
+
+**Instances sharing presence** (:mod:`presence.pravega_link`): a signal
+for a socket of another instance goes into the shared stream as a
+``signal`` record (:mod:`presence.shared`), and the instance holding that
+socket delivers it, if the socket still watches the video; if it does not,
+or has gone meanwhile, nothing comes back, and the sender's own timeout
+tells it.
 
 **Addresses across a chain of nodes.** An ``ADDRESS`` is socket ids joined
 by ``/``: each id names a socket at one server, the rest an address further
@@ -42,6 +47,7 @@ from typing import Any, Callable
 
 from ops.limits import TokenBucket, Verdict
 from presence.messages import Signal
+from presence.shared import RemoteSignal
 from presence.state import Presence
 
 log = logging.getLogger("binge.presence")
@@ -65,6 +71,8 @@ class Signalling:
     up on the node's socket at the upstream for that video, and says whether
     it could; ``own(video_id, message)`` (set there too) takes what comes
     down addressed to the node itself (see :mod:`peers.links`).
+    ``remote(signal)`` (set on an instance sharing presence) sends a signal
+    to the instance that holds its socket.
     """
 
     def __init__(self, presence: Presence, signals_per_second: float) -> None:
@@ -72,6 +80,7 @@ class Signalling:
         self.rate = signals_per_second
         self.upstream: Callable[[str, dict], bool] | None = None
         self.own: Callable[[str, dict], None] | None = None
+        self.remote: Callable[[RemoteSignal], None] | None = None
         self._endpoints: dict[str, _Endpoint] = {}
         self._gone: collections.OrderedDict[str, None] = collections.OrderedDict()
 
@@ -120,13 +129,23 @@ class Signalling:
             refuse("gone", f"socket {head} has disconnected")
             return
         state = self.presence.state(head)
-        if state is not None:  # held by presence, not joined here: another instance's
-            refuse("other-instance", f"socket {head} is connected to another server instance ({state.instance}); "
-                   "signals do not cross instances")
+        if state is not None and self.remote is not None:  # held by presence, not joined here: another instance's
+            if state.video_id != video_id:
+                refuse("other-video", f"socket {head} does not watch the video you watch")
+            else:
+                self.remote(RemoteSignal(signal.to, sender, video_id, signal.data))
             return
         relayed = {"type": "signal", "to": signal.to, "relayFor": sender, "data": signal.data}
         if self.upstream is None or not self.upstream(video_id, relayed):
             refuse("unknown", f"no socket {head} here" + (" nor at the upstream" if self.upstream else ""))
+
+    def from_instance(self, signal: RemoteSignal) -> None:
+        """A signal another instance sharing presence passed on: delivered if its socket is here, on its video."""
+        head, _, rest = signal.to.partition("/")
+        target = self._endpoints.get(head)
+        state = self.presence.state(head)
+        if target is not None and state is not None and state.video_id == signal.video_id:
+            target.send(_signal(signal.sender, rest, signal.data))
 
     def from_upstream(self, video_id: str, message: dict) -> None:
         """A signal, or a signal's error, that came down this node's socket at the upstream watching ``video_id``.

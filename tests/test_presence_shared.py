@@ -17,7 +17,9 @@ from harness.http import get_json
 from harness.loopback import until
 from harness.presence import Client, Instance, Scope, watching
 from pravega_workers.blocking import delete_scope, stream_manager
-from presence.shared import RemoteInstances, change_record, decode_record, gone_record, snapshot_record
+from presence.shared import (
+    RemoteInstances, RemoteSignal, change_record, decode_record, gone_record, signal_record, snapshot_record,
+)
 from presence.state import Change, Presence, SocketState
 
 # ---------------------------------------------------------------- the merge, no Pravega
@@ -59,6 +61,22 @@ def change(socket_id, ip="10.0.0.1", video=None, peer=None, gone=False, instance
 
 def snapshot(sockets: dict[str, SocketState], instance="A", at=0.0) -> bytes:
     return snapshot_record(instance, sockets, at)
+
+
+def test_a_signal_record_round_trips_and_only_a_live_one_is_delivered(presence, clocks):
+    heard = []
+    remote = RemoteInstances(presence, "me", TIMEOUT, clock=lambda: clocks.mono, wall_clock=lambda: clocks.wall,
+                             on_signal=heard.append)
+    signal = RemoteSignal("s2/below", "s1", "alpha", {"type": "offer", "sdp": "v=0"})
+    record = decode_record(signal_record("A", signal, 5.0))
+    assert (record.type, record.instance, record.signal, record.sockets) == ("signal", "A", signal, {})
+    remote.begin_replay()
+    remote.receive(signal_record("A", signal, clocks.wall))
+    remote.end_replay()
+    assert heard == []  # replayed: long answered or given up
+    remote.receive(signal_record("A", signal, clocks.wall))
+    remote.receive(signal_record("me", signal, clocks.wall))  # our own
+    assert heard == [signal] and presence.version == 0
 
 
 def test_records_round_trip():
@@ -260,23 +278,31 @@ def test_a_watcher_on_one_instance_shows_on_the_other_and_so_does_its_leaving(sc
 
 
 @pytest.mark.pravega
-def test_a_signal_for_a_socket_of_another_instance_is_refused_naming_it(scope):
+def test_a_signal_crosses_to_a_socket_of_another_instance_and_the_answer_comes_back(scope):
     async def check():
         a, b = scope.start("a"), scope.start("b")
         await asyncio.gather(a.ready(), b.ready())
-        on_a, on_b = await Client().connect(a), await Client().connect(b)
+        on_a, on_b, idle = await Client().connect(a), await Client().connect(b), await Client().connect(b)
         for client in (on_a, on_b):
             client.send({"type": "watch", "video": "clip"})
-        await on_a.presence_until(watching(on_b.socket_id, "clip"), PROPAGATION)
+        await on_a.presence_until(lambda p: watching(on_b.socket_id, "clip")(p) and idle.socket_id in p["sockets"],
+                                  PROPAGATION)
+        started = time.monotonic()
         on_a.send({"type": "signal", "to": on_b.socket_id, "data": {"type": "offer"}})
+        assert await on_b.relayed() == {"type": "signal", "from": on_a.socket_id, "data": {"type": "offer"}}
+        on_b.send({"type": "signal", "to": on_a.socket_id, "data": {"type": "answer"}})
+        assert await on_a.relayed() == {"type": "signal", "from": on_b.socket_id, "data": {"type": "answer"}}
+        # Two trips through the stream, each about one poll of the follow worker.
+        assert time.monotonic() - started < 2 * PROPAGATION
+        # A socket of the other instance watching nothing is refused here, as a local one is.
+        on_a.send({"type": "signal", "to": idle.socket_id, "data": {}})
         error = await on_a.relayed()
-        assert (error["type"], error["reason"], error["to"]) == ("error", "other-instance", on_b.socket_id)
-        # on_b heard nothing of it: the next signal it gets is one from its own instance.
-        local = await Client().connect(b)
-        local.send({"type": "watch", "video": "clip"})
-        await on_b.presence_until(watching(local.socket_id, "clip"), PROPAGATION)
-        local.send({"type": "signal", "to": on_b.socket_id, "data": "hello"})
-        assert await on_b.relayed() == {"type": "signal", "from": local.socket_id, "data": "hello"}
+        assert (error["type"], error["reason"], error["to"]) == ("error", "other-video", idle.socket_id)
+        # idle heard nothing: the next signal it gets is one from its own instance.
+        idle.send({"type": "watch", "video": "clip"})
+        await on_b.presence_until(watching(idle.socket_id, "clip"), PROPAGATION)
+        on_b.send({"type": "signal", "to": idle.socket_id, "data": "hello"})
+        assert await idle.relayed() == {"type": "signal", "from": on_b.socket_id, "data": "hello"}
 
     asyncio.run(check())
 
