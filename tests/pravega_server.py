@@ -45,9 +45,9 @@ def start_private(home) -> StandalonePravega:
     return pravega
 
 
-def session_cluster(data):
-    """The cluster for a whole test run: data in ``data`` (a fresh folder), ports from
-    ``PRAVEGA_CLUSTER_PORT_BASE`` (12000 by default); stopped at the end, however the run ended."""
+def started_cluster(data):
+    """The cluster, started: data in ``data`` (a fresh folder), ports from
+    ``PRAVEGA_CLUSTER_PORT_BASE`` (12000 by default); stopped when they end, however they ended."""
     cluster = PravegaCluster(data, int(os.environ.get("PRAVEGA_CLUSTER_PORT_BASE", "12000")))
     try:
         cluster.start()
