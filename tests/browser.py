@@ -20,6 +20,7 @@ from typing import Iterator
 import pytest
 
 from harness.server_process import ServerNotReady, ServerProcess
+from tests.needs import skip_or_fail
 
 REPO = Path(__file__).resolve().parent.parent
 SCREENSHOTS = REPO / "test-output" / "screenshots"
@@ -38,17 +39,10 @@ CHROMIUM_ARGS = [
 SERVER_START_TIMEOUT = 30.0
 
 
-def unavailable(reason: str) -> None:
-    """Skips the test, or fails it in CI, where a missing browser is a broken image."""
-    if os.environ.get("CI"):
-        pytest.fail(f"browser tests cannot run in CI: {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
 def launch_chromium(playwright):
     """Debian's Chromium, headless, with Playwright's fresh temporary profile (user-data-dir) per launch."""
     if not os.access(CHROMIUM, os.X_OK):
-        unavailable(f"{CHROMIUM} is not installed (apt-get install chromium)")
+        skip_or_fail("the browser tests", f"{CHROMIUM} is not installed (apt-get install chromium)")
     return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
 
 

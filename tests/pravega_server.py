@@ -10,15 +10,8 @@ from __future__ import annotations
 
 import os
 
-import pytest
-
 from harness.pravega import PravegaCluster, PravegaNotStarted, StandalonePravega, port_open, run_script
-
-
-def unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"Pravega is needed under CI: {reason}")
-    pytest.skip(reason)
+from tests.needs import skip_or_fail
 
 
 def shared_controller():
@@ -28,7 +21,7 @@ def shared_controller():
     if not port_open(port):
         result = run_script("start")
         if result.returncode != 0:
-            unavailable(f"scripts/pravega start failed:\n{result.stdout}{result.stderr}")
+            skip_or_fail("the Pravega tests", f"scripts/pravega start failed:\n{result.stdout}{result.stderr}")
         started = True
     yield f"tcp://127.0.0.1:{port}"
     if started:
@@ -41,7 +34,7 @@ def start_private(home) -> StandalonePravega:
     try:
         pravega.start()
     except PravegaNotStarted as e:
-        unavailable(str(e))
+        skip_or_fail("the Pravega tests", str(e))
     return pravega
 
 
@@ -52,7 +45,7 @@ def started_cluster(data):
     try:
         cluster.start()
     except PravegaNotStarted as e:
-        unavailable(str(e))
+        skip_or_fail("the Pravega tests", str(e))
     try:
         yield cluster
     finally:

@@ -19,7 +19,8 @@ import ujson
 from harness.loopback import free_port
 from media.filesystem_ingest import write_into_folder
 from media.sample import cached_video
-from tests.browser import get, launch_chromium, other_origin, running_server, screenshot, unavailable
+from tests.browser import get, launch_chromium, other_origin, running_server, screenshot
+from tests.needs import skip_or_fail
 from tests.conftest import new_video
 
 # Long enough (about 10 MB of H.264) that Chromium cannot have the end of it
@@ -60,7 +61,7 @@ def browser():
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        unavailable("the playwright package is not installed (pip install -e '.[test]')")
+        skip_or_fail("the browser tests", "the playwright package is not installed (pip install -e '.[test]')")
     with sync_playwright() as playwright:
         chromium = launch_chromium(playwright)
         yield chromium

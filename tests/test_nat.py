@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 
@@ -29,6 +28,7 @@ from harness.netns import (ENDPOINT_INDEPENDENT, PREFIX_BASE, SYMMETRIC, HomePla
                            remove_leftovers, unavailable)
 from harness.turn import NamespaceTurnServer, turnserver
 from harness.webrtc_peer import PeerProcess, connect, manifest_json
+from tests.needs import skip_or_fail
 
 pytestmark = pytest.mark.netns
 
@@ -45,17 +45,11 @@ TCP_TIMEOUT = 3.0
 STUN_ONLY = 16 * 1024
 
 
-def _needed(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"the NAT tests must run under CI: {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def internet():
     reason = unavailable() or (None if turnserver() else "coturn is not installed (scripts/setup --test installs it)")
     if reason:
-        _needed(reason)
+        skip_or_fail("the NAT tests", reason)
     with Internet([HomePlan("a", ENDPOINT_INDEPENDENT, hosts=2), HomePlan("b", ENDPOINT_INDEPENDENT),
                    HomePlan("c", SYMMETRIC), HomePlan("d", SYMMETRIC)]) as net:
         yield net
