@@ -40,6 +40,10 @@ class ServerSettings:
     # before its connection is closed: a client that stops reading must not
     # hold a connection and its buffers for ever.
     stall_timeout: float = 30.0
+    # Processes serving the port (see ops.workers); unset, one per CPU this
+    # process may run on. A peer node runs one (its pieces and swarm are
+    # per process): unset it is 1 there, set above 1 it is a config error.
+    workers: int | None = None
 
 
 @dataclass(frozen=True)
@@ -239,8 +243,21 @@ def _checked(s: Settings, base_dir: str) -> Settings:
             "set it to the origin's URL or another node's"
         )
     return dataclasses.replace(
-        s, storage=dataclasses.replace(s.storage, library=library, cache_dir=cache_dir)
+        s, server=dataclasses.replace(s.server, workers=_workers(s)),
+        storage=dataclasses.replace(s.storage, library=library, cache_dir=cache_dir),
     )
+
+
+def _workers(s: Settings) -> int:
+    """``server.workers`` as given, else the CPUs this process may use; a peer node's is 1."""
+    if s.peer.upstream is None:
+        return s.server.workers or len(os.sched_getaffinity(0))
+    if s.server.workers not in (None, 1):
+        raise ConfigError(
+            f"server.workers: a peer node (peer.upstream set) runs one worker, not {s.server.workers}: "
+            "its pieces and swarm are per process; leave it unset or 1"
+        )
+    return 1
 
 
 # RFC 7064 (stun:, stuns:) and RFC 7065 (turn:, turns:, with ?transport=): host, optional port.

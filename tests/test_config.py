@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import subprocess
 import sys
@@ -126,3 +127,15 @@ def test_server_runs_and_stops_on_sigterm(tmp_path, library):
     output = server.log_tail(lines=10_000)
     assert server.process.returncode == 0, output
     assert "Traceback" not in output
+
+
+def test_workers_default_to_the_cpus_this_process_may_use_and_a_node_to_one(tmp_path):
+    def workers(raw: dict) -> int:
+        return settings_from_dict({"storage": {"library": str(tmp_path)}, **raw}).server.workers
+
+    assert workers({}) == len(os.sched_getaffinity(0))
+    assert workers({"server": {"workers": 3}}) == 3
+    node = {"peer": {"upstream": "http://origin.example:8080"}}
+    assert workers(node) == workers({**node, "server": {"workers": 1}}) == 1
+    with pytest.raises(ConfigError, match=r"^server\.workers: a peer node \(peer\.upstream set\) runs one worker, not 2"):
+        workers({**node, "server": {"workers": 2}})
