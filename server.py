@@ -10,8 +10,9 @@ import sys
 
 import tornado.httpserver
 
-from ops import access_log
+from ops import access_log, workers
 from ops.shutdown import shut_down
+from ops.workers import CannotListen
 from settings import DEFAULT_CONFIG, ConfigError, Settings, load_settings
 
 log = logging.getLogger("binge.server")
@@ -26,18 +27,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-class CannotListen(Exception):
-    """The server's address is taken or not ours: a one-line error for the operator, not a traceback."""
-
-
 async def serve(config: Settings, ready: asyncio.Event | None = None) -> None:
-    """Serves until SIGTERM or SIGINT, then shuts down gracefully (see :mod:`ops.shutdown`)."""
+    """Serves until SIGTERM or SIGINT, then shuts down gracefully (see :mod:`ops.shutdown`).
+
+    A worker (see :mod:`ops.workers`) shares the port with the others.
+    """
     from handlers.app import build_app
 
     app = await build_app(config)
     server = tornado.httpserver.HTTPServer(app, xheaders=False, idle_connection_timeout=60)
     try:
-        server.listen(config.server.port, config.server.host)
+        server.listen(config.server.port, config.server.host, reuse_port=workers.current() is not None)
     except OSError as e:
         await app.close()
         raise CannotListen(f"cannot listen on {config.server.host}:{config.server.port}: {e.strerror}") from None
@@ -57,15 +57,23 @@ async def serve(config: Settings, ready: asyncio.Event | None = None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    worker = workers.current()
+    if worker is not None:
+        workers.die_with_supervisor()
+    process = "" if worker is None else f" worker {worker.index}"
+    logging.basicConfig(level=args.log_level, format=f"%(asctime)s %(levelname)s %(name)s{process}: %(message)s")
     access_log.send_to(sys.stderr)
     overrides = {k: v for k, v in (("server.host", args.host), ("server.port", args.port)) if v is not None}
+    if worker is not None:
+        overrides["server.port"] = worker.port
     try:
         config = load_settings(args.config, overrides)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     try:
+        if worker is None and config.server.workers > 1:
+            return workers.supervise(config)
         asyncio.run(serve(config))
     except CannotListen as e:
         print(e, file=sys.stderr)

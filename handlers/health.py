@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from handlers.base import BaseHandler
+from ops import workers
 
 
 class HealthHandler(BaseHandler):
     """200 with ``{"status": "ok", ...}`` when the store answers, 503 with ``"degraded"`` when not.
 
     A peer node adds its ``nodeId``: the id it goes by in ``Binge-Via``, so
-    the ids in a message naming a loop of upstreams can be told apart.
+    the ids in a message naming a loop of upstreams can be told apart. One
+    of several workers (:mod:`ops.workers`) adds ``worker``, its index and
+    pid, so an operator sees which process answered.
     """
 
     etag_from_body = False  # no-store, and its uptime changes every time
@@ -19,6 +23,7 @@ class HealthHandler(BaseHandler):
     async def get(self) -> None:
         store = await self.application.store.health()
         ok = bool(store.get("ok"))
+        worker = workers.current()
         self.set_header("Cache-Control", "no-store")
         self.write_json(
             {
@@ -27,6 +32,7 @@ class HealthHandler(BaseHandler):
                 "uptimeSeconds": round(time.monotonic() - self.application.started, 1),
                 "websocketClients": len(self.application.presence.local_sockets()),
                 **({"nodeId": self.application.node_id} if self.application.node_id else {}),
+                **({"worker": {"index": worker.index, "pid": os.getpid()}} if worker else {}),
             },
             200 if ok else 503,
         )

@@ -141,6 +141,7 @@ class ListeningProcess:
 class ServerProcess(ListeningProcess):
     """``server.py`` with ``config`` (a dict of sections); the port is picked unless the config names one.
 
+    It runs one process (``server.workers: 1``) unless the config says otherwise.
     It is ready once ``/healthz`` answers at all (a degraded store answers
     too), or, with ``ready_path``, once that path answers a HEAD with a
     success. ``launcher`` is the command that runs ``server.py``'s main
@@ -153,6 +154,8 @@ class ServerProcess(ListeningProcess):
                  launcher: list[str] | None = None) -> None:
         server = config.setdefault("server", {})
         server.setdefault("host", "127.0.0.1")
+        # One process, as the suite's tests mean, unless a test asks for workers (tests/test_workers.py).
+        server.setdefault("workers", 1)
         super().__init__(folder, name, port=server.setdefault("port", free_port()), ready_path=ready_path)
         self.config = config
         self.config_path = os.path.join(self.folder, f"{name}.yaml")

@@ -1,0 +1,157 @@
+"""``server.workers``: several worker processes behind one port, under one supervisor (ops.workers).
+
+Every test runs ``server.py`` for real with two workers on a filesystem
+library, and tells the workers apart by the ``worker`` field of /healthz.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from harness.clients import Download
+from harness.media import write_random_video
+from harness.nodes import MiB
+from harness.server_process import ROOT, ServerProcess
+
+WORKERS = 2
+BIG = 32 * MiB
+# Seconds a killed worker may take to be replaced and answer: the back-off
+# (ops.workers.RESTART_MIN, 0.5 s) and a worker's start (under 2 s here),
+# with room for a machine three times slower.
+REPLACED_WITHIN = 30.0
+
+
+def worker_of(url: str) -> tuple[int, int]:
+    """(index, pid) of the worker that answers ``/healthz`` on a new connection."""
+    with urllib.request.urlopen(f"{url}/healthz", timeout=5) as response:
+        worker = json.loads(response.read())["worker"]
+    return worker["index"], worker["pid"]
+
+
+def all_workers(server: ServerProcess) -> dict[int, int]:
+    """Index -> pid of every worker, asked until each has answered (the last may still be starting)."""
+    seen: dict[int, int] = {}
+    deadline = time.monotonic() + REPLACED_WITHIN
+    while len(seen) < WORKERS:
+        index, pid = worker_of(server.url)
+        seen[index] = pid
+        assert time.monotonic() < deadline, f"not every worker answered:\n{server.log_tail()}"
+    return seen
+
+
+def workers_server(tmp_path, **server) -> ServerProcess:
+    library = tmp_path / "library"
+    library.mkdir(exist_ok=True)
+    return ServerProcess(tmp_path, {
+        "server": {"workers": WORKERS, **server},
+        "storage": {"library": str(library), "cache_dir": str(tmp_path / "cache")},
+    })
+
+
+def run_dirs() -> set[str]:
+    return {name for name in os.listdir("/tmp") if name.startswith("binge-workers-")}
+
+
+def test_workers_share_one_port_and_the_kernel_spreads_connections_evenly(tmp_path):
+    with workers_server(tmp_path) as server:
+        all_workers(server)
+        counts = collections.Counter(worker_of(server.url)[0] for _ in range(400))
+    print(f"400 connections over {WORKERS} workers: {dict(sorted(counts.items()))}")
+    # SO_REUSEPORT hashes each connection onto a worker: about 200 each,
+    # give or take 10 (one standard deviation); 140 is six of them off.
+    assert sorted(counts) == list(range(WORKERS)) and min(counts.values()) >= 140, counts
+    assert server.process.returncode == 0
+
+
+def test_a_killed_worker_is_replaced_while_the_port_keeps_answering(tmp_path):
+    with workers_server(tmp_path) as server:
+        seen = all_workers(server)
+        os.kill(seen[0], signal.SIGKILL)
+        # Once it is dead (its connections not yet accepted are reset with
+        # it: the price of SO_REUSEPORT, see ops.workers), the others answer
+        # every new connection.
+        deadline = time.monotonic() + REPLACED_WITHIN
+        while f"worker 0 (pid {seen[0]}) killed by SIGKILL" not in open(server.log_path).read():
+            assert time.monotonic() < deadline, server.log_tail()
+            time.sleep(0.01)
+        assert seen[0] not in {worker_of(server.url)[1] for _ in range(20)}, "a dead worker answered"
+        deadline = time.monotonic() + REPLACED_WITHIN
+        while (answer := worker_of(server.url))[0] != 0:
+            assert time.monotonic() < deadline, f"no worker 0 again within {REPLACED_WITHIN} s:\n{server.log_tail()}"
+        assert answer[1] != seen[0]
+    assert "Traceback" not in open(server.log_path).read()
+
+
+def test_sigterm_lets_bodies_in_flight_finish_then_exits_0_with_no_worker_left(tmp_path):
+    asyncio.run(_sigterm_scenario(tmp_path))
+
+
+async def _sigterm_scenario(tmp_path) -> None:
+    grace = 5.0
+    server = workers_server(tmp_path, shutdown_grace=grace)
+    content = write_random_video(str(tmp_path / "library" / "big.mp4"), BIG)
+    dirs_before = run_dirs()
+    with server:
+        await server.ready(video="big")
+        pids = (await asyncio.to_thread(all_workers, server)).values()
+        # Two bodies, read slowly through small buffers: held open by the reader, not the server.
+        downloads = [await Download.start(server.port, "/videos/big/stream") for _ in range(2)]
+        firsts = [await d.read(MiB) for d in downloads]
+        signalled = time.monotonic()
+        os.kill(server.pid, signal.SIGTERM)
+        await asyncio.sleep(1.0)  # still slow: the bodies stay in flight past the signal
+        bodies = [first + await d.rest(timeout=grace) for first, d in zip(firsts, downloads)]
+        assert time.monotonic() - signalled < grace
+        assert all(body == content for body in bodies), [len(b) for b in bodies]
+        await asyncio.to_thread(server.process.wait, grace + 10)
+        assert server.process.returncode == 0, server.log_tail()
+        for d in downloads:
+            d.close()
+    assert not [pid for pid in pids if os.path.exists(f"/proc/{pid}")], "a worker outlived its supervisor"
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", server.port)).close()
+    assert run_dirs() <= dirs_before, "the run directory was left behind"
+    log = open(server.log_path).read()
+    assert "Traceback" not in log and " ERROR " not in log, log
+    assert "SIGTERM: stopping 2 workers" in log
+
+
+def run_server(tmp_path, text: str, *args: str) -> subprocess.CompletedProcess:
+    (tmp_path / "library").mkdir(exist_ok=True)
+    (tmp_path / "c.yaml").write_text(f"storage:\n  library: {tmp_path / 'library'}\n  cache_dir: {tmp_path / 'c'}\n"
+                                     + text)
+    return subprocess.run([sys.executable, os.path.join(ROOT, "server.py"), "--config", str(tmp_path / "c.yaml"),
+                           *args], capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("server:\n  workers: 0\n", "config error: server.workers: must be greater than 0, not 0\n"),
+    ("server:\n  workers: 2\n  shutdown_grace: soon\n",
+     "config error: server.shutdown_grace: must be a number, not 'soon'\n"),
+    ("server:\n  workers: 2\npeer:\n  upstream: http://origin.example:8080\n",
+     "config error: server.workers: a peer node (peer.upstream set) runs one worker, not 2: "
+     "its pieces and swarm are per process; leave it unset or 1\n"),
+], ids=["zero", "bad-grace", "node"])
+def test_a_config_error_stops_everything_in_one_line_before_any_worker(tmp_path, text, expected):
+    result = run_server(tmp_path, text)
+    assert (result.returncode, result.stderr) == (2, expected)
+
+
+def test_a_taken_port_is_one_line_and_exit_1_before_any_worker(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_server(tmp_path, "server:\n  workers: 2\n", "--port", str(port))
+    assert (result.returncode, result.stderr) == (1, f"cannot listen on 127.0.0.1:{port}: Address already in use\n")
