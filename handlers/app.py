@@ -100,6 +100,7 @@ class BingeApp(tornado.web.Application):
         self.presence.drop_videos_not_in(set(self.store.videos()))
 
     async def close(self) -> None:
+        self.metrics.close()
         if self.presence_link:
             await self.presence_link.close()
         await self.manifests.close()

@@ -8,13 +8,29 @@ is read from them when scraped, not counted twice.
 
 Labels stay few and bounded: a request's route is its handler class, never
 its path.
+
+In a worker among several (:mod:`ops.workers`), ``/metrics`` answers for all
+of them: the supervisor gives each worker ``PROMETHEUS_MULTIPROC_DIR``, a
+folder of its run directory, which puts prometheus_client in multiprocess
+mode: every counter and histogram is kept in a memory-mapped file per
+process, and the exposition sums the files of all (a dead worker's counts
+stay in the sums, so counters never go back; its gauges are dropped when the
+supervisor marks it dead). That mode cannot read a gauge through
+``set_function`` when scraped, so each worker writes its two gauges' values
+every ``GAUGE_REFRESH`` seconds (and at once when it is the one scraped), and
+they are summed over the workers alive. Custom collectors (a node's bytes by
+source) are not in the files: they are collected from the registry as in one
+process, and added.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+from tornado.ioloop import PeriodicCallback
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
@@ -24,10 +40,22 @@ CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 # default) before they are written; the buckets straddle it.
 BROADCAST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
+# Seconds between a worker's writes of its gauges in multiprocess mode: how
+# old another worker's count of open streams and sockets may be when scraped.
+GAUGE_REFRESH = 1.0
+
+
+def multiprocess_dir() -> str | None:
+    """The folder of the workers' metric files, or None in a server of one process."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+
 
 class Metrics:
     def __init__(self, store_name: str) -> None:
         self.registry = CollectorRegistry()
+        self._custom: list = []  # collectors of our own, outside multiprocess mode's files
+        self._gauges: list[tuple[Gauge, Callable[[], float]]] = []
+        self._refresh: PeriodicCallback | None = None
         self.requests = Counter(
             "binge_http_requests", "HTTP requests answered, by route (handler) and status.",
             ["route", "status"], registry=self.registry,
@@ -37,11 +65,14 @@ class Metrics:
         )
         # The store never changes during the app's life.
         self.streamed = streamed.labels(store_name)
+        # livesum: with several workers, the sum over those alive (one process ignores it).
         self.active_streams = Gauge(
             "binge_active_streams", "Video bodies being sent now.", registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.websocket_clients = Gauge(
             "binge_websocket_clients", "Presence websockets open now.", registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.broadcast_latency = Histogram(
             "binge_presence_broadcast_latency_seconds",
@@ -60,16 +91,44 @@ class Metrics:
 
     def count_sources(self, sources: dict[str, dict[str, int]]) -> None:
         """Exports a peer node's bytes served by source, as peers.session counts them per video."""
-        self.registry.register(_SourceBytes(sources))
+        collector = _SourceBytes(sources)
+        self.registry.register(collector)
+        self._custom.append(collector)
 
     def watch(self, active_streams: Callable[[], float], websocket_clients: Callable[[], float]) -> None:
-        """Reads the two gauges from whoever holds the streams and sockets, when scraped."""
-        self.active_streams.set_function(active_streams)
-        self.websocket_clients.set_function(websocket_clients)
+        """Reads the two gauges from whoever holds the streams and sockets, when scraped.
+
+        In multiprocess mode, writes them now and every ``GAUGE_REFRESH``
+        seconds on the running loop, until :meth:`close`.
+        """
+        if multiprocess_dir() is None:
+            self.active_streams.set_function(active_streams)
+            self.websocket_clients.set_function(websocket_clients)
+            return
+        self._gauges = [(self.active_streams, active_streams), (self.websocket_clients, websocket_clients)]
+        self._write_gauges()
+        self._refresh = PeriodicCallback(self._write_gauges, GAUGE_REFRESH * 1000)
+        self._refresh.start()
+
+    def _write_gauges(self) -> None:
+        for gauge, value in self._gauges:
+            gauge.set(value())
+
+    def close(self) -> None:
+        if self._refresh is not None:
+            self._refresh.stop()
 
     def exposition(self) -> bytes:
-        """Every metric in the Prometheus text format, version 0.0.4 (``CONTENT_TYPE``)."""
-        return generate_latest(self.registry)
+        """Every metric in the Prometheus text format, version 0.0.4 (``CONTENT_TYPE``); with workers, of all."""
+        folder = multiprocess_dir()
+        if folder is None:
+            return generate_latest(self.registry)
+        self._write_gauges()
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, folder)
+        for collector in self._custom:
+            registry.register(collector)
+        return generate_latest(registry)
 
 
 class _SourceBytes:

@@ -35,6 +35,8 @@ would have kept them for the others.
   ``BINGE_WORKER_INDEX``, ``BINGE_WORKER_COUNT``, ``BINGE_WORKER_DIR`` (and
   ``BINGE_WORKER_PORT``, the port the supervisor checked, so that port 0
   gives every worker the same port). In a single process it is None.
+- ``run_dir/metrics`` is prometheus_client's multiprocess folder
+  (``PROMETHEUS_MULTIPROC_DIR`` in each worker; see :mod:`ops.metrics`).
 
 A worker is ``server.py`` run again: the supervisor's own command line
 (``sys.orig_argv``, so a wrapper script runs in every worker too) with those
@@ -58,6 +60,7 @@ import time
 from typing import Callable, Sequence
 
 import tornado.netutil
+from prometheus_client.multiprocess import mark_process_dead
 
 from settings import Settings
 
@@ -140,6 +143,8 @@ class Supervisor:
         self.run_dir = run_dir
         self.command = list(command)
         self.processes: dict[int, asyncio.subprocess.Process] = {}
+        self.metrics_dir = os.path.join(run_dir, "metrics")
+        os.makedirs(self.metrics_dir, exist_ok=True)
         self._stopping = asyncio.Event()
         self._signal: int = signal.SIGTERM
 
@@ -155,14 +160,16 @@ class Supervisor:
                 process.send_signal(sig)
 
     async def run(self, services: Sequence[Service] = ()) -> int:
-        """Runs ``services`` and the workers until :meth:`stop`; 0 if every worker then exited 0, else 1."""
+        """Runs ``services`` and the workers until :meth:`stop`; 0 if every worker then stopped cleanly, else 1."""
         async with contextlib.AsyncExitStack() as stack:
             for service in services:
                 await stack.enter_async_context(service(self))
             log.info("supervising %d workers on http://%s:%d/ (run directory %s)",
                      self.count, self.config.server.host, self.port, self.run_dir)
             statuses = await asyncio.gather(*(self._keep(index) for index in range(self.count)))
-        failed = [s for s in statuses if s != 0]
+        # A worker the signal found still starting, before it set its own
+        # handlers, dies of it: it had nothing in flight, so that is clean too.
+        failed = [s for s in statuses if s not in (0, -self._signal)]
         if failed:
             log.error("%d of %d workers did not shut down cleanly: %s", len(failed), self.count,
                       ", ".join(describe(s) for s in failed))
@@ -179,6 +186,7 @@ class Supervisor:
                     process.send_signal(self._signal)
             status = await self._wait(process)
             del self.processes[index]
+            mark_process_dead(process.pid, self.metrics_dir)  # its gauges leave the sums, its counts stay
             if self._stopping.is_set():
                 return status
             lived = time.monotonic() - started
@@ -192,7 +200,7 @@ class Supervisor:
 
     async def _start(self, index: int) -> asyncio.subprocess.Process:
         env = {**os.environ, ENV_INDEX: str(index), ENV_COUNT: str(self.count), ENV_DIR: self.run_dir,
-               ENV_PORT: str(self.port), ENV_PARENT: str(os.getpid())}
+               ENV_PORT: str(self.port), ENV_PARENT: str(os.getpid()), "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir}
         process = await asyncio.create_subprocess_exec(*self.command, env=env, stdin=asyncio.subprocess.DEVNULL)
         self.processes[index] = process
         return process

@@ -19,10 +19,12 @@ import urllib.request
 
 import pytest
 
-from harness.clients import Download
+from harness.clients import Download, silent_websocket
+from harness.loopback import until
 from harness.media import write_random_video
 from harness.nodes import MiB
 from harness.server_process import ROOT, ServerProcess
+from tests.test_ops import sample
 
 WORKERS = 2
 BIG = 32 * MiB
@@ -125,6 +127,46 @@ async def _sigterm_scenario(tmp_path) -> None:
     log = open(server.log_path).read()
     assert "Traceback" not in log and " ERROR " not in log, log
     assert "SIGTERM: stopping 2 workers" in log
+
+
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+        return response.read().decode()
+
+
+def test_metrics_sum_every_worker_whichever_answers(tmp_path):
+    asyncio.run(_metrics_scenario(tmp_path))
+
+
+async def _metrics_scenario(tmp_path) -> None:
+    server = workers_server(tmp_path)
+    write_random_video(str(tmp_path / "library" / "big.mp4"), BIG)
+
+    def health_count(text: str) -> float:
+        return sample(text, "binge_http_requests_total", route="HealthHandler", status="200")
+
+    with server:
+        await server.ready(video="big")
+        await asyncio.to_thread(all_workers, server)
+        before = health_count(scrape(server.url))
+        answered = collections.Counter(worker_of(server.url)[0] for _ in range(40))
+        assert len(answered) == WORKERS, answered  # so the count below is of both workers
+        stream = await Download.start(server.port, "/videos/big/stream")
+        await stream.read(MiB)
+        websocket = silent_websocket(server.port, rcvbuf=None)
+
+        # Every scrape, from whichever worker takes it, sees the sums; the
+        # other worker's gauges within GAUGE_REFRESH (1 s) of their change.
+        def summed() -> list[str] | None:
+            texts = [scrape(server.url) for _ in range(8)]
+            ok = all(sample(t, "binge_active_streams") == sample(t, "binge_websocket_clients") == 1
+                     and health_count(t) == before + 40 for t in texts)
+            return texts if ok else None
+
+        texts = await until(lambda: asyncio.to_thread(summed), timeout=10, what="metrics summed over the workers")
+        assert sample(texts[0], "binge_streamed_bytes_total", store="filesystem") >= MiB
+        stream.close()
+        websocket.close()
 
 
 def run_server(tmp_path, text: str, *args: str) -> subprocess.CompletedProcess:
