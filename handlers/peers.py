@@ -123,7 +123,8 @@ class PieceHandler(PeerHandler):
 
 class SourcesHandler(PeerHandler):
     """``GET /videos/{id}/sources``: ``{"local", "peers", "origin", "reached"}``: bytes served here by where
-    they came from, and how each peer of the video is reached (``{url: "http" | "channel"}``)."""
+    they came from, and how each peer of the video is reached (``{url: "http" | "direct-channel" |
+    "relayed-channel"}``; a channel is relayed when its ICE pair has a TURN end)."""
 
     etag_from_body = False  # no-store
 

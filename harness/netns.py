@@ -49,7 +49,10 @@ Root (CAP_NET_ADMIN and CAP_SYS_ADMIN), ``ip`` (iproute2) and ``nft``
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
+import ctypes
 import json
 import os
 import re
@@ -57,6 +60,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -67,6 +71,8 @@ ENDPOINT_INDEPENDENT = "endpoint-independent"
 SYMMETRIC = "symmetric"
 _VOID_GATEWAY = "198.51.100.1"
 _MASQUERADE = {ENDPOINT_INDEPENDENT: "masquerade", SYMMETRIC: "masquerade fully-random"}
+_CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _ip(*args: str) -> None:
@@ -126,6 +132,47 @@ class Namespace:
     name: str
     address: str
     _started: list[subprocess.Popen] = field(default_factory=list, repr=False)
+    _executor: concurrent.futures.ThreadPoolExecutor | None = field(default=None, repr=False)
+    _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
+
+    def enter(self) -> None:
+        """Moves the calling thread (only it: setns(2) with CLONE_NEWNET is per thread) into this namespace."""
+        with open(f"/run/netns/{self.name}") as f:
+            if _libc.setns(f.fileno(), _CLONE_NEWNET) != 0:
+                errno = ctypes.get_errno()
+                raise OSError(errno, f"setns into {self.name}: {os.strerror(errno)}")
+
+    def call(self, fn, *args):
+        """``fn(*args)`` in a thread inside this namespace (the sockets it opens are the namespace's); its result."""
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(4, f"ns-{self.name}", initializer=self.enter)
+        return self._executor.submit(fn, *args).result()
+
+    async def inside(self, coroutine):
+        """Awaits ``coroutine`` run on this namespace's own event loop (a thread inside it), from any loop.
+
+        A client made there (Tornado's HTTP client, a websocket) reaches what
+        a host of this namespace reaches, and stays open between calls.
+        """
+        if self._loop is None:
+            loop = asyncio.new_event_loop()
+            started = concurrent.futures.Future()
+
+            def run() -> None:
+                try:
+                    self.enter()
+                except OSError as e:
+                    started.set_exception(e)
+                    return
+                asyncio.set_event_loop(loop)
+                started.set_result(None)
+                loop.run_forever()
+                loop.close()
+
+            threading.Thread(target=run, name=f"loop-{self.name}", daemon=True).start()
+            started.result()
+            self._loop = loop
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, self._loop))
 
     def command(self, argv: list[str]) -> list[str]:
         return ["ip", "netns", "exec", self.name, *argv]
@@ -146,6 +193,13 @@ class Namespace:
         return self.popen([sys.executable, *args], **kwargs)
 
     def stop_all(self) -> None:
+        """Stops the processes started here, and the threads :meth:`call` and :meth:`inside` run in."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._loop = None
+        if self._executor is not None:
+            self._executor.shutdown(cancel_futures=True)
+            self._executor = None
         for process in self._started:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)

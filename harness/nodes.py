@@ -1,4 +1,4 @@
-"""Real Binge+ servers on loopback for the peer tests and the peer benchmark.
+"""Real Binge+ servers on loopback (or in a namespace of harness/netns.py) for the peer tests and benchmark.
 
 :class:`Server` runs ``server.py`` in a process of its own with a config in
 a folder of its own: an origin when it has no upstream, a peer node when it
@@ -27,6 +27,7 @@ from tornado.websocket import websocket_connect
 
 from harness.http import get_json
 from harness.media import MiB
+from harness.netns import Namespace
 from harness.server_process import ServerProcess
 
 
@@ -34,8 +35,9 @@ class Server(ServerProcess):
     """One ``server.py`` process with a library of its own; ``upstream`` makes it a peer node."""
 
     def __init__(self, folder: str, name: str, upstream: str | None = None, piece_size: int = 64 * 1024,
-                 public_url: str | None = None, pravega: dict | None = None, peer: dict | None = None) -> None:
-        super().__init__(os.path.join(folder, name), {}, name)
+                 public_url: str | None = None, pravega: dict | None = None, peer: dict | None = None,
+                 namespace: Namespace | None = None) -> None:
+        super().__init__(os.path.join(folder, name), {}, name, namespace=namespace)
         self.library = os.path.join(self.folder, "library")
         os.makedirs(self.library, exist_ok=True)
         self.upstream = upstream
@@ -49,7 +51,7 @@ class Server(ServerProcess):
 
     def start(self) -> Server:
         self.config = {
-            "server": {"host": "127.0.0.1", "port": self.port, "shutdown_grace": 1},
+            "server": {"host": self.host, "port": self.port, "shutdown_grace": 1},
             "storage": {"library": "library", "cache_dir": "cache", "scan_interval": 0.5},
             "peer": {"piece_size": self.piece_size, **self.peer},
         }

@@ -8,7 +8,9 @@ does the same for any other server program (nginx, a socket.io server) a
 benchmark compares with; :class:`NginxProcess` is nginx serving a folder's
 files, configured as the benchmarks compare Binge+ with it. A server that exits early or never answers fails
 with the tail of its log; used as a context manager, it is stopped however
-the block ends.
+the block ends. Given a ``namespace`` (harness/netns.py), a server runs
+inside that network namespace, on its address, and is checked for
+readiness from inside it too.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from tornado.httpclient import HTTPClientError
 
 from harness.http import get_json
 from harness.loopback import free_port, stop_process
+from harness.netns import Namespace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,16 +44,20 @@ class ListeningProcess:
 
     It is ready once ``ready_path`` answers a HEAD with a success, or, with
     no ``ready_path``, once the port takes a connection. ``command`` may be
-    a function of the port.
+    a function of the port. With ``namespace``, the process runs in that
+    network namespace and serves on its address instead of 127.0.0.1.
     """
 
     def __init__(self, folder: str | os.PathLike, name: str, command=None, port: int | None = None,
-                 ready_path: str | None = None, cwd: str = ROOT) -> None:
+                 ready_path: str | None = None, cwd: str = ROOT, namespace: Namespace | None = None) -> None:
         self.name = name
         self.folder = os.fspath(folder)
         os.makedirs(self.folder, exist_ok=True)
+        self.namespace = namespace
+        self.host = namespace.address if namespace else "127.0.0.1"
+        # A fresh namespace has every port free; one free here is as good as any there.
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{self.host}:{self.port}"
         self.ready_path = ready_path
         self.cwd = cwd
         self.log_path = os.path.join(self.folder, f"{name}.log")
@@ -62,7 +69,10 @@ class ListeningProcess:
 
     def start(self):
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.command(), cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT)
+            if self.namespace is not None:
+                self.process = self.namespace.popen(self.command(), cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT)
+            else:
+                self.process = subprocess.Popen(self.command(), cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT)
         return self
 
     def __enter__(self):
@@ -96,9 +106,13 @@ class ListeningProcess:
             await asyncio.sleep(0.05)
 
     def _answers(self) -> bool:
+        """Whether it answers yet (asked from inside its namespace, if it has one)."""
+        return self.namespace.call(self._answers_here) if self.namespace else self._answers_here()
+
+    def _answers_here(self) -> bool:
         if self.ready_path is None:
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                socket.create_connection((self.host, self.port), timeout=1).close()
                 return True
             except OSError:
                 return False
@@ -151,12 +165,13 @@ class ServerProcess(ListeningProcess):
 
     def __init__(self, folder: str | os.PathLike, config: dict, name: str = "server",
                  log_level: str | None = None, ready_path: str | None = None,
-                 launcher: list[str] | None = None) -> None:
+                 launcher: list[str] | None = None, namespace: Namespace | None = None) -> None:
         server = config.setdefault("server", {})
-        server.setdefault("host", "127.0.0.1")
         # One process, as the suite's tests mean, unless a test asks for workers (tests/test_workers.py).
         server.setdefault("workers", 1)
-        super().__init__(folder, name, port=server.setdefault("port", free_port()), ready_path=ready_path)
+        super().__init__(folder, name, port=server.setdefault("port", free_port()), ready_path=ready_path,
+                         namespace=namespace)
+        server.setdefault("host", self.host)
         self.config = config
         self.config_path = os.path.join(self.folder, f"{name}.yaml")
         # $BINGE_LOG_LEVEL (DEBUG, say) shows more of what a failing test's servers did.
@@ -169,7 +184,7 @@ class ServerProcess(ListeningProcess):
         await self.serving(timeout)
         while True:
             try:
-                videos = await get_json(f"{self.url}/videos")
+                videos = await self.get_json("/videos")
                 if video is None or any(v["id"] == video for v in videos):
                     return
             except (OSError, HTTPClientError):
@@ -177,6 +192,12 @@ class ServerProcess(ListeningProcess):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{self.name} not ready after {timeout} s:\n{self.log_tail()}")
             await asyncio.sleep(0.05)
+
+    async def get_json(self, path: str) -> object:
+        """The JSON at ``path`` of this server, asked from where it can be reached (inside its namespace, if any)."""
+        if self.namespace is not None:
+            return await self.namespace.inside(get_json(self.url + path))
+        return await get_json(self.url + path)
 
     def command(self) -> list[str]:
         return [*self.launcher, "--config", self.config_path, "--log-level", self.log_level]
@@ -186,9 +207,9 @@ class ServerProcess(ListeningProcess):
             yaml.safe_dump(self.config, f)
         return super().start()
 
-    def _answers(self) -> bool:
+    def _answers_here(self) -> bool:
         if self.ready_path is not None:
-            return super()._answers()
+            return super()._answers_here()
         try:
             with urllib.request.urlopen(f"{self.url}/healthz", timeout=1):
                 return True

@@ -114,18 +114,10 @@ def connect(fetcher: PeerProcess, server: PeerProcess, timeout: float) -> tuple[
 # --- the process ---------------------------------------------------------------------------------
 
 
-def _selected_pair(pc) -> dict:
-    # aiortc 1.16 has no getSelectedCandidatePair(); its ICE connection (aioice) keeps the nominated pair per component.
-    pair = pc.sctp.transport.transport._connection._nominated[1]
-
-    def end(candidate, address: tuple[str, int]) -> dict:
-        return {"type": candidate.type, "address": address[0], "port": address[1]}
-
-    return {"local": end(pair.local_candidate, pair.local_addr), "remote": end(pair.remote_candidate, pair.remote_addr)}
-
-
 async def _run(args) -> None:
     from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+
+    from peers.links import selected_pair
 
     loop = asyncio.get_running_loop()
 
@@ -165,7 +157,7 @@ async def _run(args) -> None:
             say({"offer": {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}})
             await pc.setRemoteDescription(RTCSessionDescription(**(await hear())["answer"]))
         await opened.wait()
-        say({"open": _selected_pair(pc), "seconds": time.monotonic() - started})
+        say({"open": selected_pair(pc), "seconds": time.monotonic() - started})
         if not args.serve:
             say(await _fetch(channel, args.fetch, started))
         while not (await hear()).get("close"):

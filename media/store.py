@@ -247,7 +247,7 @@ class Store(abc.ABC):
         raise NotAPeerNode()
 
     def peer_routes(self, video_id: str) -> dict[str, str]:
-        """How each peer of the video was last reached: ``{url: "http" | "channel"}`` (see peers.swarm)."""
+        """How each peer of the video was last reached: ``{url: "http" | "direct-channel" | "relayed-channel"}`` (see peers.swarm)."""
         raise NotAPeerNode()
 
 

@@ -141,10 +141,15 @@ class ChannelServer:
 
 
 class ChannelClient:
-    """Asks a peer's :class:`ChannelServer` on ``channel`` for have lists and pieces."""
+    """Asks a peer's :class:`ChannelServer` on ``channel`` for have lists and pieces.
 
-    def __init__(self, channel: RTCDataChannel) -> None:
+    ``route`` says how the channel reaches the peer: ``"direct-channel"`` or
+    ``"relayed-channel"`` (see :func:`peers.links.route`).
+    """
+
+    def __init__(self, channel: RTCDataChannel, route: str = "direct-channel") -> None:
         self.channel = channel
+        self.route = route
         self._next_id = 0
         self._answers: dict[int, asyncio.Queue] = {}
         channel.on("message", self._on_message)

@@ -100,9 +100,9 @@ class PeerLinks:
             raise
         finally:
             self._answers.pop(key, None)
-        client = self._clients[key] = ChannelClient(channel)
+        client = self._clients[key] = ChannelClient(channel, route(selected_pair(pc)))
         channel.on("close", lambda: self._closed(key, client, pc))
-        log.info("data channel open to peer %s for %s", address, video_id)
+        log.info("data channel open to peer %s for %s (%s: %s)", address, video_id, client.route, selected_pair(pc))
         return client
 
     def _closed(self, key: tuple[str, str], client: ChannelClient, pc: RTCPeerConnection) -> None:
@@ -179,6 +179,25 @@ class PeerLinks:
         for task in list(self._dialling.values()):
             task.cancel()
         await asyncio.gather(*(self._drop(pc) for pc in list(self._connections)), return_exceptions=True)
+
+
+def selected_pair(pc: RTCPeerConnection) -> dict:
+    """The ICE candidate pair ``pc`` carries its data over: ``{"local"|"remote": {"type", "address", "port"}}``.
+
+    ``type`` is ICE's: host, srflx, prflx (learnt from a check) or relay.
+    """
+    # aiortc 1.16 has no getSelectedCandidatePair(); its ICE connection (aioice) keeps the nominated pair per component.
+    pair = pc.sctp.transport.transport._connection._nominated[1]
+
+    def end(candidate, address: tuple[str, int]) -> dict:
+        return {"type": candidate.type, "address": address[0], "port": address[1]}
+
+    return {"local": end(pair.local_candidate, pair.local_addr), "remote": end(pair.remote_candidate, pair.remote_addr)}
+
+
+def route(pair: dict) -> str:
+    """``"relayed-channel"`` when either end of ``pair`` is a TURN relay, else ``"direct-channel"`` (hole punched or on a LAN)."""
+    return "relayed-channel" if "relay" in (pair["local"]["type"], pair["remote"]["type"]) else "direct-channel"
 
 
 def _signal(to: str, description: RTCSessionDescription) -> dict:

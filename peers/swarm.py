@@ -65,7 +65,7 @@ class Peer:
     # "http", or "channel" once its URL gave no answer (then ``channel`` is its open channel, if any).
     via: str = "http"
     channel: ChannelClient | None = None
-    # How its last have came: "http" or "channel"; None before any did.
+    # How its last have came: "http", "direct-channel" or "relayed-channel" (its channel's ICE pair); None before any did.
     reached: str | None = None
 
 
@@ -153,7 +153,7 @@ class Swarm:
                 raise ValueError("not a JSON object")
             same = have.get("root") == self.manifest.root
             peer.have = from_ranges(have.get("pieces"), self.manifest.piece_count) if same else set()
-            peer.reached = peer.via
+            peer.reached = peer.channel.route if peer.via == "channel" else "http"
         except (TransferError, ValueError) as e:
             log.info("no have from peer %s: %s; resting it %g s", peer.url, e, REST)
             peer.have = set()

@@ -6,9 +6,17 @@ TURN server. Each peer is an aiortc process in its host's namespace
 (harness/webrtc_peer.py), signalled by the test over its stdin and stdout;
 the serving one holds a video of random bytes in a piece file and answers
 the piece protocol of peers/channel.py, the fetching one reads every piece
-over the data channel and checks it against the manifest. The internet and
-coturn are made once for the module and torn down after it, also when it
-fails.
+over the data channel and checks it against the manifest.
+
+Then the same with the real thing: ``server.py`` as the origin on the WAN
+beside coturn (handing out TURN credentials), a ``server.py`` node in a home
+host announcing its home's public address, and each node's player (a
+:class:`harness.nodes.Viewer`: presence websocket and Range reads) run
+inside the home (:meth:`harness.netns.Namespace.inside`). The nodes dial each
+other through the origin's presence sockets (peers/links.py) when HTTP to a
+peer's URL gets no answer. The internet, coturn and the origin are made once
+for the module and torn down after it, also when it fails; the nodes are
+each test's own.
 
 Needs root, iproute2, nftables and coturn (scripts/setup --test); without
 them the tests are skipped, except under CI, where that is a failure.
@@ -16,17 +24,24 @@ them the tests are skipped, except under CI, where that is a failure.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import os
 import subprocess
 import sys
+import time
 
 import pytest
+from tornado.httpclient import AsyncHTTPClient
 
+from harness.loopback import until
 from harness.media import write_random_video
+from harness.nodes import Playback, Server, Viewer, start_all
 from harness.netns import (ENDPOINT_INDEPENDENT, PREFIX_BASE, SYMMETRIC, HomePlan, Internet, namespace_names,
                            remove_leftovers, unavailable)
 from harness.turn import NamespaceTurnServer, turnserver
+from peers.fetcher import PEER_STALL, UPSTREAM_STALL
 from harness.webrtc_peer import PeerProcess, connect, manifest_json
 from tests.needs import skip_or_fail
 
@@ -41,6 +56,8 @@ TRANSFER_TIMEOUT = 60.0
 CLOSE_TIMEOUT = 15.0
 # A TCP handshake across two veths takes well under a millisecond; what is not through in 3 s is not coming.
 TCP_TIMEOUT = 3.0
+# A node's announcement reaching the origin's peer list: one presence round trip, well under a second.
+LISTED = 15.0
 # What a router forwards in from the server itself besides relayed data: STUN answers, a few hundred bytes.
 STUN_ONLY = 16 * 1024
 
@@ -101,8 +118,9 @@ while True:
 _CONNECT = """
 import concurrent.futures, json, socket, sys
 def attempt(target):
+    host, _, port = target.rpartition(":")
     try:
-        socket.create_connection((target, 8000), timeout=float(sys.argv[1])).close()
+        socket.create_connection((host, int(port)), timeout=float(sys.argv[1])).close()
         return "connected"
     except OSError as e:
         return repr(e)
@@ -117,9 +135,11 @@ def _listen(namespace) -> subprocess.Popen:
     return process
 
 
-def _tcp_from(namespace, *targets: str) -> dict[str, str]:
-    result = namespace.run([sys.executable, "-c", _CONNECT, str(TCP_TIMEOUT), *targets], timeout=TCP_TIMEOUT + 30)
-    return json.loads(result.stdout)
+def _tcp_from(namespace, *targets: str, port: int = 8000) -> dict[str, str]:
+    """Whether a TCP connection from ``namespace`` to each of ``targets`` (addresses, at ``port``) opens, by address."""
+    result = namespace.run([sys.executable, "-c", _CONNECT, str(TCP_TIMEOUT), *(f"{t}:{port}" for t in targets)],
+                           timeout=TCP_TIMEOUT + 30)
+    return {target.rpartition(":")[0]: outcome for target, outcome in json.loads(result.stdout).items()}
 
 
 def test_a_home_reaches_the_wan_but_no_host_of_another_home(internet):
@@ -196,3 +216,195 @@ def test_what_a_killed_run_left_is_removed_by_the_next(internet):
     assert sleeper.wait(10) != 0
     # This run's own namespaces (its process is alive) are left alone.
     assert {ns.name for ns in internet.namespaces()} <= set(namespace_names())
+
+
+
+# --- real servers: the origin on the WAN with coturn, a node and its player in each home ---------------------
+
+NODE_PIECE = 64 * 1024
+
+
+@pytest.fixture(scope="module")
+def origin(internet, coturn, tmp_path_factory):
+    """``server.py`` on the WAN beside coturn, handing out its STUN and TURN with credentials (peer.turn_secret)."""
+    server = Server(str(tmp_path_factory.mktemp("servers")), "origin", piece_size=NODE_PIECE, namespace=internet.wan,
+                    peer={"ice_servers": [coturn.stun_url(), f"turn:{coturn.address}:3478?transport=udp"],
+                          "turn_secret": coturn.secret})
+    server.start()
+    try:
+        server.wait_until_serving()
+        yield server
+    finally:
+        server.stop()
+        print(f"--- origin ---\n{server.log_tail()}")
+
+
+@pytest.fixture
+def nodes(origin, tmp_path):
+    """Makes nodes below the origin, each on a host of a home; stops them after, and shows their logs.
+
+    A node announces its home's public address, as one behind a home router
+    would (the origin lists a peer only at the address it comes from), at its
+    own port, which the router forwards to nobody.
+    """
+    made: list[Server] = []
+
+    def make(name: str, home, host: int = 0) -> Server:
+        node = Server(str(tmp_path), name, upstream=origin.url, piece_size=NODE_PIECE, namespace=home.hosts[host])
+        node.public_url = f"http://{home.public_address}:{node.port}"
+        made.append(node)
+        return node
+
+    yield make
+    for node in made:
+        node.stop()
+        print(f"--- {node.name} ({node.url}) ---\n{node.log_tail()}")
+
+
+async def _egress(origin: Server) -> float:
+    """Video bytes the origin has sent (to nodes: they read it through its /stream), from its /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async def metrics() -> str:
+        return (await AsyncHTTPClient().fetch(origin.url + "/metrics")).body.decode()
+
+    for family in text_string_to_metric_families(await origin.namespace.inside(metrics())):
+        for s in family.samples:
+            if s.name == "binge_streamed_bytes_total":
+                return s.value
+    return 0.0
+
+
+async def _close(viewer: Viewer) -> None:
+    viewer.close()
+
+
+VIDEO_OF_NODES = 4 * 1024 * 1024
+
+
+async def _seed(origin: Server, node: Server, video_id: str) -> tuple[Viewer, float]:
+    """Node ``node``'s player watches and plays the whole video (so the node holds it and is listed as its peer)."""
+    seeder = Viewer(node.url)
+    await node.namespace.inside(seeder.watch(video_id))
+    await node.namespace.inside(seeder.play(video_id))
+
+    async def listed() -> bool:
+        return any(p["url"] == node.public_url for p in await origin.get_json(f"/videos/{video_id}/peers"))
+
+    await until(listed, LISTED, what=f"{node.name} listed at the origin")
+    return seeder
+
+
+async def _watch_from(node: Server, video_id: str, **play) -> tuple[Playback, dict, Viewer]:
+    viewer = Viewer(node.url)
+    await node.namespace.inside(viewer.watch(video_id))
+    playback = await node.namespace.inside(viewer.play(video_id, **play))
+    return playback, await node.get_json(f"/videos/{video_id}/sources"), viewer
+
+
+async def _two_viewers(origin: Server, first: Server, second: Server, video_id: str) -> tuple[Playback, dict, float]:
+    """``first``'s player plays the video, then ``second``'s; the second's playback and sources, and the origin's egress."""
+    await start_all(first, second, video=video_id)
+    before = await _egress(origin)
+    seeder = await _seed(origin, first, video_id)
+    playback, sources, viewer = await _watch_from(second, video_id)
+    egress = await _egress(origin) - before
+    for v, node in ((viewer, second), (seeder, first)):
+        await node.namespace.inside(_close(v))
+    return playback, sources, egress
+
+
+def test_a_node_streams_from_a_node_behind_another_endpoint_independent_nat_over_a_direct_channel(
+        internet, origin, nodes):
+    a, b = internet.homes["a"], internet.homes["b"]
+    data = write_random_video(os.path.join(origin.library, "direct.mp4"), VIDEO_OF_NODES)
+    first, second = nodes("a", a), nodes("b", b)
+    forwarded = b.forwarded_in()
+    playback, sources, egress = asyncio.run(_two_viewers(origin, first, second, "direct"))
+    # The point of the setup: b cannot reach the URL a announces.
+    assert _tcp_from(b.hosts[0], a.public_address, port=first.port)[a.public_address] != "connected"
+    assert playback.sha256 == hashlib.sha256(data).hexdigest()
+    assert sources["reached"] == {first.public_url: "direct-channel"}, sources
+    assert sources["peers"] >= len(data) * 3 // 4, sources
+    # Home to home through both NATs: b's router let in at least those bytes straight from a's.
+    assert b.forwarded_in()["peers"] - forwarded["peers"] >= sources["peers"]
+    # The whole video once for a, and for b what it read before the channel opened.
+    assert egress <= 1.3 * len(data), (egress, sources)
+
+
+def test_a_node_streams_from_a_node_behind_symmetric_nats_over_a_relayed_channel(internet, origin, coturn, nodes):
+    c, d = internet.homes["c"], internet.homes["d"]
+    data = write_random_video(os.path.join(origin.library, "relayed.mp4"), VIDEO_OF_NODES)
+    first, second = nodes("c", c), nodes("d", d)
+    earlier = set(coturn.sessions())
+    forwarded = d.forwarded_in()
+    playback, sources, egress = asyncio.run(_two_viewers(origin, first, second, "relayed"))
+    assert playback.sha256 == hashlib.sha256(data).hexdigest()
+    assert sources["reached"] == {first.public_url: "relayed-channel"}, sources
+    assert sources["peers"] >= len(data) * 3 // 4, sources
+    assert egress <= 1.3 * len(data), (egress, sources)
+    # Nothing came to d straight from c's home: all through coturn, whose own counters, once the nodes have
+    # closed their allocations, show it relayed at least what d had from its peer.
+    assert d.forwarded_in()["peers"] == forwarded["peers"]
+    for node in (second, first):
+        node.stop()
+    relayed = _relayed_after(coturn, earlier)
+    assert relayed >= sources["peers"], (relayed, sources)
+
+
+def _relayed_after(coturn, earlier: set[str]) -> int:
+    """Bytes relayed in the TURN sessions not in ``earlier``, once every one of them has closed."""
+    def sessions():
+        return [s for i, s in coturn.sessions().items() if i not in earlier]
+
+    deadline = time.monotonic() + CLOSE_TIMEOUT
+    while not (sessions() and all(s.closed for s in sessions())):
+        assert time.monotonic() < deadline, f"coturn: sessions not closed within {CLOSE_TIMEOUT:g} s: {sessions()}"
+        time.sleep(0.1)
+    return sum(s.relayed for s in sessions())
+
+
+def test_two_nodes_behind_one_router_stream_over_the_lan(internet, origin, nodes):
+    a = internet.homes["a"]
+    data = write_random_video(os.path.join(origin.library, "lan.mp4"), VIDEO_OF_NODES)
+    first, second = nodes("a1", a, host=0), nodes("a2", a, host=1)
+    forwarded = a.forwarded_in()
+    playback, sources, egress = asyncio.run(_two_viewers(origin, first, second, "lan"))
+    assert playback.sha256 == hashlib.sha256(data).hexdigest()
+    assert sources["reached"] == {first.public_url: "direct-channel"}, sources
+    assert sources["peers"] >= len(data) * 3 // 4, sources
+    assert egress <= 1.3 * len(data), (egress, sources)
+    # The LAN carried it: nothing came in through the router but the origin's bytes.
+    assert a.forwarded_in()["peers"] - forwarded["peers"] <= egress + STUN_ONLY
+
+
+def test_when_the_serving_node_is_killed_the_other_finishes_from_the_origin(internet, origin, nodes):
+    a, b = internet.homes["a"], internet.homes["b"]
+    data = write_random_video(os.path.join(origin.library, "killed.mp4"), VIDEO_OF_NODES)
+    first, second = nodes("a", a), nodes("b", b)
+
+    async def scenario():
+        await start_all(first, second, video="killed")
+        seeder = await _seed(origin, first, "killed")
+        viewer = Viewer(second.url)
+        await second.namespace.inside(viewer.watch("killed"))
+        # Paced as a player at four times an 8 Mbit/s stream, so the kill comes mid-video.
+        playing = asyncio.ensure_future(second.namespace.inside(
+            viewer.play("killed", range_size=256 * 1024, rate=4 * 1024 * 1024)))
+
+        async def from_peer() -> bool:
+            return (await second.get_json("/videos/killed/sources"))["peers"] >= len(data) // 4
+
+        await until(from_peer, TRANSFER_TIMEOUT, what="b reading from a over the channel")
+        first.kill()
+        playback = await playing
+        sources = await second.get_json("/videos/killed/sources")
+        await second.namespace.inside(_close(viewer))
+        return playback, sources
+
+    playback, sources = asyncio.run(scenario())
+    assert playback.sha256 == hashlib.sha256(data).hexdigest()
+    assert sources["peers"] >= len(data) // 4 and sources["origin"] > 0, sources
+    assert sources["peers"] + sources["origin"] == len(data), sources
+    # No request waited longer than a stalled channel's bound and the upstream's answer after it.
+    assert playback.longest_request < PEER_STALL + UPSTREAM_STALL + 5.0, playback.durations

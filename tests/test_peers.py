@@ -481,7 +481,7 @@ def test_a_peer_no_http_request_reaches_is_read_over_a_data_channel_signalled_th
         await viewer.watch("big")
         # The first piece opens c's session, whose swarm finds b's URL dead and dials it through signalling.
         first = await viewer.play("big", range_size=PIECE, end=PIECE)
-        await until(lambda: _reached(c, "big", b.public_url, "channel"), CHANNEL_UP, what="c reaching b over a channel")
+        await until(lambda: _reached(c, "big", b.public_url, "direct-channel"), CHANNEL_UP, what="c reaching b over a channel")
         rest = await viewer.play("big", start=PIECE)
         sources = await get_json(f"{c.url}/videos/big/sources")
         viewer.close()
@@ -490,7 +490,7 @@ def test_a_peer_no_http_request_reaches_is_read_over_a_data_channel_signalled_th
 
     body, sources = asyncio.run(scenario())
     assert hashlib.sha256(body).digest() == hashlib.sha256(data).digest()
-    assert sources["reached"] == {b.public_url: "channel"}, sources
+    assert sources["reached"] == {b.public_url: "direct-channel"}, sources
     # From the origin: the first piece and what was read ahead while the channel opened (9 pieces of 64).
     assert sources["peers"] >= 3 * len(data) // 4 and _served(sources) == len(data), sources
 
