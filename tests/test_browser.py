@@ -396,7 +396,10 @@ def test_sources_panel_hidden_on_origin_and_sums_a_nodes_figures(server, viewers
     peer_view = viewers().page
     mb = 1024 * 1024
     # Running totals that grow, then hold still so the figures can be read.
-    answers = [{"local": mb // 2, "peers": 3 * mb, "origin": 2 * mb}, {"local": mb, "peers": 6 * mb, "origin": 2 * mb}]
+    reached = {"http://203.0.113.10:8080": "direct-channel", "http://203.0.113.12:8080": "relayed-channel",
+               "http://192.168.1.11:8080": "http"}
+    answers = [{"local": mb // 2, "peers": 3 * mb, "origin": 2 * mb, "reached": {}},
+               {"local": mb, "peers": 6 * mb, "origin": 2 * mb, "reached": reached}]
 
     def sources(route):
         answer = answers.pop(0) if len(answers) > 1 else answers[0]
@@ -410,6 +413,9 @@ def test_sources_panel_hidden_on_origin_and_sums_a_nodes_figures(server, viewers
     assert peer_view.locator("[data-source=origin]").inner_text() == "2.0 MB"
     assert peer_view.locator("[data-source-total]").inner_text() == "9.0 MB"
     assert peer_view.locator("[data-sources-headline]").inner_text() == "78% served without the origin"
+    # How each peer is reached, as the node's ICE pair says.
+    assert peer_view.locator("[data-sources-peers] li").all_inner_texts() == [
+        "203.0.113.10:8080: direct channel", "203.0.113.12:8080: relayed channel", "192.168.1.11:8080: HTTP"]
 
 
 def start_node(upstream: str, workdir: Path):
