@@ -51,7 +51,9 @@ class Server(ServerProcess):
 
     def start(self) -> Server:
         self.config = {
-            "server": {"host": self.host, "port": self.port, "shutdown_grace": 1},
+            # ServerProcess's server keys (host, port, one worker) stay: an origin of several worker processes
+            # would keep its presence, and so its peer lists, per process.
+            "server": {**self.config["server"], "shutdown_grace": 1},
             "storage": {"library": "library", "cache_dir": "cache", "scan_interval": 0.5},
             "peer": {"piece_size": self.piece_size, **self.peer},
         }
