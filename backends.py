@@ -2,23 +2,28 @@
 
 The backend gives an origin its store, ``binge-ingest`` its way in, and a
 peer node the place for its pieces; instances of an origin on one Pravega
-scope also share one presence picture. The Pravega modules are imported only
+scope also share one presence picture, and so do the worker processes of one server. The Pravega modules are imported only
 when configured: a filesystem setup needs no Pravega client.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Callable
+import uuid
+from typing import TYPE_CHECKING, Callable
 
 from media.filesystem import FilesystemStore
 from media.filesystem_ingest import ingest_into_library
 from media.store import NewVideo, Store
 from peers.node_store import PeerNodeStore
 from peers.pieces import PieceFolder, PieceStore
-from presence.pravega_link import PresenceLink
+from presence.link import PresenceLink, Transport
+from presence.relay import RelayTransport
 from presence.state import Presence
 from settings import Settings
+
+if TYPE_CHECKING:
+    from ops.workers import WorkerContext
 
 
 def _on_pravega(config: Settings) -> bool:
@@ -62,8 +67,17 @@ def location(config: Settings) -> str:
     return config.storage.library
 
 
-def shared_presence(config: Settings, presence: Presence) -> PresenceLink | None:
-    """Shares ``presence`` with the other instances of an origin on the same Pravega scope; None where none can be."""
-    if config.peer.upstream or not _on_pravega(config):
+def shared_presence(config: Settings, presence: Presence, worker: WorkerContext | None = None) -> PresenceLink | None:
+    """Shares ``presence`` with the other instances of an origin on the same Pravega scope, and with the
+    sibling workers of this server (``worker`` is this one) through the parent's relay; None where neither is."""
+    transports: list[Transport] = []
+    instance = uuid.uuid4().hex[:12]
+    if worker is not None:
+        transports.append(RelayTransport(worker.run_dir, instance, worker.index))
+    if _on_pravega(config) and not config.peer.upstream:
+        from presence.pravega_link import PravegaTransport
+
+        transports.append(PravegaTransport(config.pravega))
+    if not transports:
         return None
-    return PresenceLink(presence, config.pravega)
+    return PresenceLink(presence, transports, config.pravega.instance_timeout, instance)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import tornado.web
 
@@ -13,13 +14,16 @@ from handlers import catalog, health, metrics, pages, peers, presence, stream
 from handlers.base import NotFoundHandler, client_ip
 from media.store import Store, UpstreamManifests
 from ops import access_log
-from ops.limits import Slots
+from ops.limits import SharedCounts, Slots
 from ops.metrics import Metrics
 from peers.manifest_cache import ManifestCache
 from presence.broadcast import Broadcaster
 from presence.signalling import Signalling
 from presence.state import Presence
 from settings import Settings
+
+if TYPE_CHECKING:
+    from ops.workers import WorkerContext
 
 def routes() -> list[tuple]:
     # The old Electron app's paths come before the /videos/{id} family they overlap.
@@ -50,8 +54,10 @@ def routes() -> list[tuple]:
 class BingeApp(tornado.web.Application):
     """The server: configuration, the store, presence, the caption cache, metrics and limits, shared by handlers."""
 
-    def __init__(self, config: Settings, store: Store) -> None:
+    def __init__(self, config: Settings, store: Store, worker: WorkerContext | None = None) -> None:
         self.config = config
+        # Which of the server's worker processes this is (see ops.workers); None when it is the only one.
+        self.worker = worker
         self.started = time.monotonic()
         self.store = store
         # This server's id in Binge-Via (peers.hops): a node's; an origin asks no upstream, so has none.
@@ -59,9 +65,9 @@ class BingeApp(tornado.web.Application):
         self.presence = Presence()
         self.signalling = Signalling(self.presence, config.presence.signals_per_second)
         self.metrics = Metrics(store.name)
-        # Video bodies being sent and presence websockets, limited per client address.
-        self.streams = Slots("streams", config.limits.streams_per_ip)
-        self.sockets = Slots("websockets", config.limits.sockets_per_ip)
+        # Video bodies being sent and presence websockets, limited per client address (across workers).
+        self.streams = Slots("streams", config.limits.streams_per_ip, self._counts("streams"))
+        self.sockets = Slots("websockets", config.limits.sockets_per_ip, self._counts("websockets"))
         self.metrics.watch(lambda: len(self.streams), lambda: len(self.sockets))
         self.broadcaster = Broadcaster(self.presence, config.presence, self.metrics.broadcast_latency.observe)
         self.captions = CaptionCache(config.storage.cache_dir)
@@ -74,8 +80,8 @@ class BingeApp(tornado.web.Application):
             template_path=pages.TEMPLATE_PATH,
         )
         store.add_listener(self._on_catalog_change)
-        # Instances on one Pravega scope share one presence picture.
-        self.presence_link = backends.shared_presence(config, self.presence)
+        # Instances on one Pravega scope, and the workers of one server, share one presence picture.
+        self.presence_link = backends.shared_presence(config, self.presence, worker)
         if self.presence_link:
             self.signalling.remote = self.presence_link.send_signal
             self.presence_link.on_signal = self.signalling.from_instance
@@ -85,6 +91,10 @@ class BingeApp(tornado.web.Application):
         # into manifests in the background, so that nodes find them ready.
         store.join(self.presence, self.signalling, self.metrics)
         self.manifests: UpstreamManifests | ManifestCache = store.upstream_manifests() or self._hash_manifests()
+
+    def _counts(self, what: str) -> SharedCounts | None:
+        worker = self.worker
+        return None if worker is None else SharedCounts(worker.run_dir, what, worker.index, worker.count)
 
     def _hash_manifests(self) -> ManifestCache:
         cache = ManifestCache(self.store, self.config.storage.cache_dir, self.config.peer.piece_size)
@@ -107,8 +117,8 @@ class BingeApp(tornado.web.Application):
         await self.store.close()
 
 
-async def build_app(config: Settings) -> BingeApp:
-    """Creates the store for ``config``, loads its catalog and returns the app ready to listen."""
+async def build_app(config: Settings, worker: WorkerContext | None = None) -> BingeApp:
+    """Creates the store for ``config``, loads its catalog and returns the app ready to listen (as ``worker``)."""
     store = backends.open_store(config)
     await store.start()
-    return BingeApp(config, store)
+    return BingeApp(config, store, worker)

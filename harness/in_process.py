@@ -28,11 +28,12 @@ async def listen(app: tornado.web.Application) -> tuple[tornado.httpserver.HTTPS
 
 
 @contextlib.asynccontextmanager
-async def serving(config):
-    """The app for ``config``, served on a free loopback port of this event loop: yields (app, port)."""
+async def serving(config, worker=None):
+    """The app for ``config`` (as ``worker``, an ops.workers.WorkerContext), served on a free loopback port of
+    this event loop: yields (app, port)."""
     from handlers.app import build_app
 
-    app = await build_app(config)
+    app = await build_app(config, worker)
     server, port = await listen(app)
     try:
         yield app, port

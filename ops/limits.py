@@ -1,6 +1,7 @@
 """Per-client limits: what a client may hold open at once, and how fast it may send messages.
 
-Long-lived things a client holds open (video bodies, websockets) are counted per client address.
+Long-lived things a client holds open (video bodies, websockets) are counted per client address,
+across all the worker processes of a server (:class:`SharedCounts`) when it has several.
 
 A handler holds a slot for as long as it streams or keeps its socket:
 ``with slots.hold(address, close): ...``. Past ``per_address`` slots held by one
@@ -15,6 +16,20 @@ whatever the holder awaits (a write, sendfile(2), the store, a socket read),
 is absorbed by its ``with`` block, which closes the connection, so the
 handler ends as it would had the client left.
 
+**Across workers** each worker counts what it holds in a row of its own
+in a file of the run directory, mapped into every worker's memory (made by
+:func:`shared_counts` in the supervisor); an address's count is the sum of
+all rows, read before every grant: a few microseconds, no message to
+anyone, so refusal still comes before the upgrade or the body. A row is a
+count-min sketch (``DEPTH`` rows of ``WIDTH`` counters, an address counted
+in one counter of each, its count the least of them): it never counts an
+address short, and counts one over only if other addresses share all of
+its counters, which takes thousands of busy addresses. Two workers
+granting the last slot of one address at the same instant may both grant
+it: the limit can be passed by one per worker, at most. A worker starts by
+zeroing its row (a dead predecessor's slots), and the relay (see
+:mod:`presence.relay`) zeroes the row of a worker that died.
+
 How fast one client may send messages (a presence websocket's) is kept by a
 :class:`TokenBucket` of its own, whose :class:`Verdict` tells the handler to
 answer, refuse, or close.
@@ -25,9 +40,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import hashlib
+import mmap
+import os
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, AsyncIterator, Callable, Iterator
+
+if TYPE_CHECKING:
+    from ops.workers import Supervisor
 
 # Seconds a refused client is asked to wait: long enough that a retry loop
 # does not hammer us, short enough that playback resumes quickly.
@@ -51,14 +72,92 @@ class _Slot:
     cut: bool = False
 
 
-class Slots:
-    """Slots of one kind (``what``: "streams", "websockets"), at most ``per_address`` per client address."""
+class AddressCounts:
+    """How many slots each address holds, in this process alone."""
 
-    def __init__(self, what: str, per_address: int) -> None:
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+
+    def count(self, address: str) -> int:
+        return self._counts.get(address, 0)
+
+    def add(self, address: str, delta: int) -> None:
+        count = self._counts.get(address, 0) + delta
+        if count:
+            self._counts[address] = count
+        else:
+            del self._counts[address]
+
+
+# The sketch's shape (see the module's docstring): 2 x 65,536 counters of
+# 16 bits, 256 KiB a worker for each kind of slot.
+DEPTH = 2
+WIDTH = 1 << 16
+_ROW = DEPTH * WIDTH
+_COUNTER = 2
+
+
+def counts_path(run_dir: str, what: str) -> str:
+    return os.path.join(run_dir, f"limits-{what}")
+
+
+class SharedCounts:
+    """How many slots each address holds across ``count`` workers, this one ``index``: see the module's docstring."""
+
+    def __init__(self, run_dir: str, what: str, index: int, count: int) -> None:
+        with open(counts_path(run_dir, what), "r+b") as f:
+            self._map = mmap.mmap(f.fileno(), count * _ROW * _COUNTER)
+        self._counters = memoryview(self._map).cast("H")
+        self._rows = [w * _ROW for w in range(count)]
+        self._own = index * _ROW
+        self._map[self._own * _COUNTER:(self._own + _ROW) * _COUNTER] = bytes(_ROW * _COUNTER)  # a dead predecessor's
+
+    @staticmethod
+    def _cells(address: str) -> tuple[int, ...]:
+        digest = hashlib.blake2b(address.encode(), digest_size=4 * DEPTH).digest()
+        return tuple(d * WIDTH + int.from_bytes(digest[4 * d:4 * d + 4]) % WIDTH for d in range(DEPTH))
+
+    def count(self, address: str) -> int:
+        counters = self._counters
+        return min(sum(counters[row + cell] for row in self._rows) for cell in self._cells(address))
+
+    def add(self, address: str, delta: int) -> None:
+        for cell in self._cells(address):
+            # Not below 0: the relay may have zeroed this row, taking the worker for dead.
+            self._counters[self._own + cell] = max(0, self._counters[self._own + cell] + delta)
+
+
+def release_worker(run_dir: str, what: str, index: int) -> None:
+    """Zeroes the row of worker ``index``, which died holding what it held."""
+    with open(counts_path(run_dir, what), "r+b") as f:
+        f.seek(index * _ROW * _COUNTER)
+        f.write(bytes(_ROW * _COUNTER))
+
+
+@contextlib.asynccontextmanager
+async def shared_counts(supervisor: Supervisor) -> AsyncIterator[None]:
+    """The supervisor's service (see :mod:`ops.workers`) that makes the count files its workers map."""
+    for what in SLOT_KINDS:
+        with open(counts_path(supervisor.run_dir, what), "wb") as f:
+            f.truncate(supervisor.count * _ROW * _COUNTER)
+    yield
+
+
+# The kinds of slots a server holds, each limited per address (handlers/app.py).
+SLOT_KINDS = ("streams", "websockets")
+
+
+class Slots:
+    """Slots of one kind (``what``: "streams", "websockets"), at most ``per_address`` per client address.
+
+    ``counts`` says what each address holds: this process's alone unless given one shared across workers.
+    """
+
+    def __init__(self, what: str, per_address: int, counts: AddressCounts | SharedCounts | None = None) -> None:
         self.what = what
         self.per_address = per_address
         self._held: set[_Slot] = set()
-        self._per_address: dict[str, int] = {}
+        self._counts = counts or AddressCounts()
         self._closed = False
         self._emptied = asyncio.Event()
         self._emptied.set()
@@ -71,13 +170,13 @@ class Slots:
         """Holds a slot for ``address`` around the block; ``close`` closes the connection if it is cut."""
         if self._closed:
             raise Refused(503, "the server is shutting down")
-        if self._per_address.get(address, 0) >= self.per_address:
+        if self._counts.count(address) >= self.per_address:
             raise Refused(429, f"too many {self.what} from {address}: at most {self.per_address} at once")
         task = asyncio.current_task()
         assert task is not None, "a slot is held by a task"
         slot = _Slot(address, task, close)
         self._held.add(slot)
-        self._per_address[address] = self._per_address.get(address, 0) + 1
+        self._counts.add(address, 1)
         self._emptied.clear()
         try:
             yield
@@ -88,9 +187,7 @@ class Slots:
             close()
         finally:
             self._held.discard(slot)
-            self._per_address[address] -= 1
-            if not self._per_address[address]:
-                del self._per_address[address]
+            self._counts.add(address, -1)
             if not self._held:
                 self._emptied.set()
 

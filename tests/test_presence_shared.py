@@ -9,6 +9,7 @@ where that is a failure.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import pytest
@@ -54,13 +55,17 @@ def remote(presence, clocks):
     return RemoteInstances(presence, "me", TIMEOUT, clock=lambda: clocks.mono, wall_clock=lambda: clocks.wall)
 
 
-def change(socket_id, ip="10.0.0.1", video=None, peer=None, gone=False, instance="A", at=0.0) -> bytes:
+# Each record made here is newer than the last, as one writer's are, unless a test says its seq.
+SEQ = itertools.count(1)
+
+
+def change(socket_id, ip="10.0.0.1", video=None, peer=None, gone=False, instance="A", at=0.0, seq=None) -> bytes:
     state = None if gone else SocketState(ip, video, peer)
-    return change_record(instance, Change(1, socket_id, state), at)
+    return change_record(instance, seq or next(SEQ), Change(1, socket_id, state), at)
 
 
-def snapshot(sockets: dict[str, SocketState], instance="A", at=0.0) -> bytes:
-    return snapshot_record(instance, sockets, at)
+def snapshot(sockets: dict[str, SocketState], instance="A", at=0.0, seq=None) -> bytes:
+    return snapshot_record(instance, seq or next(SEQ), sockets, at)
 
 
 def test_a_signal_record_round_trips_and_only_a_live_one_is_delivered(presence, clocks):
@@ -68,14 +73,15 @@ def test_a_signal_record_round_trips_and_only_a_live_one_is_delivered(presence, 
     remote = RemoteInstances(presence, "me", TIMEOUT, clock=lambda: clocks.mono, wall_clock=lambda: clocks.wall,
                              on_signal=heard.append)
     signal = RemoteSignal("s2/below", "s1", "alpha", {"type": "offer", "sdp": "v=0"})
-    record = decode_record(signal_record("A", signal, 5.0))
-    assert (record.type, record.instance, record.signal, record.sockets) == ("signal", "A", signal, {})
+    record = decode_record(signal_record("A", 3, signal, 5.0))
+    assert (record.type, record.instance, record.seq, record.signal, record.sockets) == ("signal", "A", 3, signal, {})
     remote.begin_replay()
-    remote.receive(signal_record("A", signal, clocks.wall))
+    remote.receive(signal_record("A", 1, signal, clocks.wall))
     remote.end_replay()
     assert heard == []  # replayed: long answered or given up
-    remote.receive(signal_record("A", signal, clocks.wall))
-    remote.receive(signal_record("me", signal, clocks.wall))  # our own
+    remote.receive(signal_record("A", 2, signal, clocks.wall))
+    remote.receive(signal_record("A", 2, signal, clocks.wall), "relay")  # the same, by another transport
+    remote.receive(signal_record("me", 3, signal, clocks.wall))  # our own
     assert heard == [signal] and presence.version == 0
 
 
@@ -86,15 +92,16 @@ def test_records_round_trip():
     assert decode_record(change("s1", gone=True)).sockets == {"s1": None}
     sockets = {"s1": SocketState("10.0.0.1"), "s2": SocketState("10.0.0.2", "beta")}
     assert decode_record(snapshot(sockets)).sockets == sockets
-    gone = decode_record(gone_record("A", 7.0))
-    assert (gone.type, gone.instance, gone.sockets) == ("gone", "A", {})
+    gone = decode_record(gone_record("A", 9, 7.0))
+    assert (gone.type, gone.instance, gone.seq, gone.sockets) == ("gone", "A", 9, {})
 
 
 @pytest.mark.parametrize("data", [
     b"not json", b"[]", b'{"v": 2, "type": "gone", "instance": "A", "at": 1}',
-    b'{"v": 1, "type": "gone", "instance": 3, "at": 1}', b'{"v": 1, "type": "later", "instance": "A", "at": 1}',
-    b'{"v": 1, "type": "change", "instance": "A", "at": 1, "socket": "s", "state": {"ipaddress": 1}}',
-    b'{"v": 1, "type": "snapshot", "instance": "A", "at": 1, "sockets": []}',
+    b'{"v": 1, "type": "gone", "instance": 3, "seq": 1, "at": 1}', b'{"v": 1, "type": "gone", "instance": "A", "at": 1}',
+    b'{"v": 1, "type": "later", "instance": "A", "seq": 1, "at": 1}',
+    b'{"v": 1, "type": "change", "instance": "A", "seq": 1, "at": 1, "socket": "s", "state": {"ipaddress": 1}}',
+    b'{"v": 1, "type": "snapshot", "instance": "A", "seq": 1, "at": 1, "sockets": []}',
 ])
 def test_unusable_records_are_skipped(remote, presence, data):
     assert decode_record(data) is None
@@ -134,7 +141,7 @@ def test_a_snapshot_replaces_the_instance_sockets_and_an_unchanged_one_is_silent
 def test_gone_drops_the_instance_at_once(remote, presence):
     remote.receive(change("s1"))
     remote.receive(change("b1", instance="B"))
-    remote.receive(gone_record("A", 0.0))
+    remote.receive(gone_record("A", next(SEQ), 0.0))
     assert presence.snapshot()["sockets"] == {"b1": "10.0.0.1"}
 
 
@@ -183,6 +190,60 @@ def test_a_replayed_record_is_as_old_as_its_writer_says(remote, presence, clocks
     assert remote.expire() == ["A"]
     clocks.advance(TIMEOUT - 2.5)
     assert remote.expire() == []
+
+
+# ---- two transports (the workers' relay and Pravega): a record may come twice, or late
+
+def test_a_record_by_a_second_transport_changes_nothing(remote, presence):
+    first, second = change("s1", video="alpha"), snapshot({"s1": SocketState("10.0.0.1", "alpha"),
+                                                          "s2": SocketState("10.0.0.2")})
+    for record in (first, second):
+        remote.receive(record, "relay")
+    version = presence.version
+    for record in (first, second):
+        remote.receive(record, "pravega")
+    assert presence.version == version
+    assert set(presence.snapshot()["sockets"]) == {"s1", "s2"}
+
+
+def test_an_older_record_arriving_late_is_ignored_socket_by_socket(remote, presence):
+    # By the relay: s1 watches alpha (seq 5), s2 arrives (6), then a snapshot of both (7) and s1 leaves (8).
+    remote.receive(change("s1", video="alpha", seq=5), "relay")
+    remote.receive(change("s2", seq=6), "relay")
+    remote.receive(snapshot({"s1": SocketState("10.0.0.1", "alpha"), "s2": SocketState("10.0.0.1")}, seq=7), "relay")
+    remote.receive(change("s1", gone=True, seq=8), "relay")
+    # Pravega brings the same, late and so in a mixed order with the above: none of it is news.
+    version = presence.version
+    remote.receive(change("s1", video="alpha", seq=5), "pravega")
+    remote.receive(snapshot({"s1": SocketState("10.0.0.1", "alpha"), "s2": SocketState("10.0.0.1")}, seq=7), "pravega")
+    assert presence.version == version and set(presence.snapshot()["sockets"]) == {"s2"}
+    # A change newer than a snapshot that comes after it survives the snapshot.
+    remote.receive(change("s3", seq=10), "relay")
+    remote.receive(snapshot({"s2": SocketState("10.0.0.1")}, seq=9), "pravega")
+    assert set(presence.snapshot()["sockets"]) == {"s2", "s3"}
+
+
+def test_a_goodbye_is_not_undone_by_a_late_copy_but_a_newer_record_brings_the_instance_back(remote, presence):
+    remote.receive(change("s1", seq=1), "relay")
+    remote.receive(gone_record("A", 1, 0.0), "relay")  # the relay lost A after its seq 1
+    remote.receive(change("s1", seq=1), "pravega")
+    assert presence.snapshot()["sockets"] == {}
+    remote.receive(snapshot({"s1": SocketState("10.0.0.1")}, seq=2), "relay")  # A reconnected
+    assert set(presence.snapshot()["sockets"]) == {"s1"}
+
+
+def test_a_replay_of_one_transport_leaves_what_only_the_other_told_of(remote, presence, clocks):
+    remote.receive(change("b1", instance="B"), "relay")  # a sibling worker, not yet in Pravega
+    remote.receive(change("c1", instance="C"), "pravega")  # another machine, gone while Pravega was away
+    remote.receive(change("a1"), "relay")
+    remote.receive(change("a1", seq=next(SEQ) - 1), "pravega")
+    remote.begin_replay("pravega")
+    remote.receive(snapshot({"a1": SocketState("10.0.0.1")}, at=clocks.wall), "pravega")
+    # The relay's records apply while Pravega replays.
+    remote.receive(change("b2", instance="B"), "relay")
+    assert set(presence.snapshot()["sockets"]) == {"a1", "b1", "b2", "c1"}
+    remote.end_replay("pravega")
+    assert set(presence.snapshot()["sockets"]) == {"a1", "b1", "b2"}
 
 
 def test_local_operations_concern_local_sockets_only(remote, presence):
