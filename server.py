@@ -34,7 +34,7 @@ async def serve(config: Settings, ready: asyncio.Event | None = None) -> None:
     """
     from handlers.app import build_app
 
-    app = await build_app(config)
+    app = await build_app(config, workers.current())
     server = tornado.httpserver.HTTPServer(app, xheaders=False, idle_connection_timeout=60)
     try:
         server.listen(config.server.port, config.server.host, reuse_port=workers.current() is not None)
@@ -73,7 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if worker is None and config.server.workers > 1:
-            return workers.supervise(config)
+            from ops.limits import shared_counts
+            from presence.relay import relaying
+
+            # The counts first: the relay zeroes a dead worker's row in them.
+            return workers.supervise(config, services=[shared_counts, relaying])
         asyncio.run(serve(config))
     except CannotListen as e:
         print(e, file=sys.stderr)
