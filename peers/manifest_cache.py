@@ -3,7 +3,11 @@
 A manifest is computed from the store's bytes (so it works alike on every
 backend) and saved as ``<storage.cache_dir>/manifests/<id>.json``; it is
 good for as long as the video's ETag and ``peer.piece_size`` stay the same,
-across restarts. Two requests for one manifest share one computation.
+across restarts. Two requests for one manifest share one computation, and
+so do the worker processes of one server (:mod:`ops.workers`), which share
+the folder: a worker computes a manifest only while it holds the flock(2) of
+``.<id>.lock`` beside its file, and one that finds it held waits, then reads
+the file the other wrote.
 
 The cache follows the catalog (:meth:`ManifestCache.follow_catalog`, called
 when the origin starts): ``PRECOMPUTE_DELAY`` seconds after the start, and
@@ -16,8 +20,11 @@ waits for it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import logging
 import os
+from typing import AsyncIterator
 
 import ujson
 
@@ -32,6 +39,9 @@ log = logging.getLogger("binge.peers")
 # changes the catalog a few times in a row, and a starting server has
 # requests to answer first.
 PRECOMPUTE_DELAY = 2.0
+# Seconds between tries at a manifest's lock another worker holds: it holds
+# it for as long as hashing the video takes, seconds for a film.
+LOCK_POLL = 0.05
 
 
 class ManifestCache:
@@ -71,11 +81,38 @@ class ManifestCache:
         loop = asyncio.get_running_loop()
         manifest = await loop.run_in_executor(None, self._load, video)
         if manifest is None:
-            manifest = await compute_manifest(self.store, video, self.piece_size)
-            await loop.run_in_executor(None, self._save, manifest)
-            log.info("manifest of %s: %d pieces of %d bytes", video.id, manifest.piece_count, self.piece_size)
+            async with self._computing_alone(video.id):
+                # Another worker may have written it while this one waited.
+                manifest = await loop.run_in_executor(None, self._load, video)
+                if manifest is None:
+                    manifest = await compute_manifest(self.store, video, self.piece_size)
+                    await loop.run_in_executor(None, self._save, manifest)
+                    log.info("manifest of %s: %d pieces of %d bytes", video.id, manifest.piece_count,
+                             self.piece_size)
         self._known[video.id] = manifest
         return manifest
+
+    @contextlib.asynccontextmanager
+    async def _computing_alone(self, video_id: str) -> AsyncIterator[None]:
+        """Holds the lock of ``video_id``'s manifest, shared by every process using this folder.
+
+        Tried without blocking, again every ``LOCK_POLL`` seconds, so that
+        no thread waits on it and a cancelled wait leaves nothing behind.
+        The lock file stays: removing it could let two processes hold locks
+        on two files of one name.
+        """
+        os.makedirs(self.folder, exist_ok=True)
+        fd = os.open(os.path.join(self.folder, f".{video_id}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    await asyncio.sleep(LOCK_POLL)
+            yield
+        finally:
+            os.close(fd)  # which releases the lock
 
     def _path(self, video_id: str) -> str:
         return os.path.join(self.folder, f"{video_id}.json")

@@ -83,14 +83,18 @@ def test_origin_computes_manifests_ahead_and_keeps_them(tmp_path, monkeypatch):
         cache.follow_catalog()
         # Precomputing runs off the loop, as soon as the thread pool gets to it.
         await until(lambda: (saved / "one.json").exists(), what="the first manifest")
-        first = sorted(os.listdir(saved))
+        first = manifests(saved)
         write_random_video(str(library / "two.mp4"), PIECE + 1, seed=2)
         await store.rescan()  # what the scan every storage.scan_interval does
         await until(lambda: (saved / "two.json").exists(), what="the second manifest")
         written = os.stat(saved / "two.json").st_mtime_ns
         restarted = manifest_cache.ManifestCache(store, str(tmp_path / "cache"), PIECE)
         two = await restarted.get(store.get("two"))
-        return first, sorted(os.listdir(saved)), two, written == os.stat(saved / "two.json").st_mtime_ns
+        return first, manifests(saved), two, written == os.stat(saved / "two.json").st_mtime_ns
+
+    def manifests(folder) -> list[str]:
+        """The manifest files, not the hidden locks beside them."""
+        return sorted(p.name for p in folder.glob("*.json"))
 
     first, then, two, read_not_rewritten = asyncio.run(scenario())
     assert first == ["one.json"] and then == ["one.json", "two.json"] and read_not_rewritten

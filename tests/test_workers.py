@@ -24,6 +24,7 @@ from harness.loopback import until
 from harness.media import write_random_video
 from harness.nodes import MiB
 from harness.server_process import ROOT, ServerProcess
+from peers.manifest_cache import PRECOMPUTE_DELAY
 from tests.test_ops import sample
 
 WORKERS = 2
@@ -167,6 +168,49 @@ async def _metrics_scenario(tmp_path) -> None:
         assert sample(texts[0], "binge_streamed_bytes_total", store="filesystem") >= MiB
         stream.close()
         websocket.close()
+
+
+def test_each_manifest_is_computed_once_whichever_workers_ask(tmp_path):
+    asyncio.run(_manifests_scenario(tmp_path))
+
+
+async def _manifests_scenario(tmp_path) -> None:
+    server = workers_server(tmp_path)
+    server.config["storage"]["scan_interval"] = 0.2
+    videos = [f"v{n}" for n in range(2)]
+
+    def manifest(video: str) -> dict:
+        with urllib.request.urlopen(f"{server.url}/videos/{video}/manifest", timeout=30) as response:
+            return json.loads(response.read())
+
+    def catalog_sizes() -> dict[int, int]:
+        """Index -> the number of videos in that worker's catalog, from each worker."""
+        sizes: dict[int, int] = {}
+        while len(sizes) < WORKERS:
+            with urllib.request.urlopen(f"{server.url}/healthz", timeout=5) as response:
+                health = json.loads(response.read())
+            sizes[health["worker"]["index"]] = health["store"]["videos"]
+        return sizes
+
+    with server:
+        await server.ready()
+        # The videos come while both workers run: each sees them within a
+        # scan, and the requests below reach both at once, long before
+        # either could hash 64 MiB, so that without the lock both would.
+        for n, video in enumerate(videos):
+            write_random_video(str(tmp_path / f"{video}.mp4"), 64 * MiB, seed=n)
+            os.rename(tmp_path / f"{video}.mp4", tmp_path / "library" / f"{video}.mp4")
+        await until(lambda: set(catalog_sizes().values()) == {len(videos)}, timeout=REPLACED_WITHIN,
+                    what="both workers listing the videos")
+        answers = await asyncio.gather(*(asyncio.to_thread(manifest, v) for _ in range(4) for v in videos))
+        for video in videos:
+            assert len({json.dumps(a) for a in answers if a["id"] == video}) == 1
+        # Each worker's own precomputing (PRECOMPUTE_DELAY after the change) finds them done.
+        await asyncio.sleep(PRECOMPUTE_DELAY + 1)
+    log = open(server.log_path).read()
+    computed = collections.Counter(line.split("manifest of ")[1].split(":")[0]
+                                   for line in log.splitlines() if "manifest of " in line)
+    assert computed == {video: 1 for video in videos}, computed
 
 
 def run_server(tmp_path, text: str, *args: str) -> subprocess.CompletedProcess:
