@@ -12,6 +12,17 @@ old ones of its track. Conversion and file access run on the event loop's
 default executor; concurrent requests for one track and version share one
 conversion. A file with no usable cue is remembered (in memory only), so
 asking again raises :class:`CaptionError` without reconverting.
+
+The worker processes of one server (:mod:`ops.workers`) share the folder
+safely: every file is written under a staged name of its writer's own (pid
+and a random part) and renamed into place (:mod:`atomic_write`), so a
+reader sees a whole file or none; two workers converting one track at once
+write the same bytes under the same name, and a version another worker
+pruned is converted again when asked. The memory LRU and the sharing of a
+conversion are per worker: a track may be converted once in each worker
+that asks for it before the first file is written, which costs milliseconds,
+where a manifest's hashing costs seconds and is done once
+(:mod:`peers.manifest_cache`).
 """
 
 from __future__ import annotations
