@@ -143,17 +143,23 @@ class ChannelServer:
 class ChannelClient:
     """Asks a peer's :class:`ChannelServer` on ``channel`` for have lists and pieces.
 
-    ``route`` says how the channel reaches the peer: ``"direct-channel"`` or
-    ``"relayed-channel"`` (see :func:`peers.links.route`).
+    ``pair`` is the ICE candidate pair the channel runs over, as
+    :func:`peers.links.selected_pair` gives it, when known.
     """
 
-    def __init__(self, channel: RTCDataChannel, route: str = "direct-channel") -> None:
+    def __init__(self, channel: RTCDataChannel, pair: dict | None = None) -> None:
         self.channel = channel
-        self.route = route
+        self.pair = pair
         self._next_id = 0
         self._answers: dict[int, asyncio.Queue] = {}
         channel.on("message", self._on_message)
         channel.on("close", self._on_close)
+
+    @property
+    def route(self) -> str:
+        """``"relayed-channel"`` when an end of its pair is a TURN relay, else ``"direct-channel"`` (NATs punched, or a LAN)."""
+        ends = (self.pair["local"]["type"], self.pair["remote"]["type"]) if self.pair else ()
+        return "relayed-channel" if "relay" in ends else "direct-channel"
 
     def _on_message(self, message: str | bytes) -> None:
         if isinstance(message, str):

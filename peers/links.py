@@ -100,9 +100,9 @@ class PeerLinks:
             raise
         finally:
             self._answers.pop(key, None)
-        client = self._clients[key] = ChannelClient(channel, route(selected_pair(pc)))
+        client = self._clients[key] = ChannelClient(channel, selected_pair(pc))
         channel.on("close", lambda: self._closed(key, client, pc))
-        log.info("data channel open to peer %s for %s (%s: %s)", address, video_id, client.route, selected_pair(pc))
+        log.info("data channel open to peer %s for %s (%s: %s)", address, video_id, client.route, client.pair)
         return client
 
     def _closed(self, key: tuple[str, str], client: ChannelClient, pc: RTCPeerConnection) -> None:
@@ -193,11 +193,6 @@ def selected_pair(pc: RTCPeerConnection) -> dict:
         return {"type": candidate.type, "address": address[0], "port": address[1]}
 
     return {"local": end(pair.local_candidate, pair.local_addr), "remote": end(pair.remote_candidate, pair.remote_addr)}
-
-
-def route(pair: dict) -> str:
-    """``"relayed-channel"`` when either end of ``pair`` is a TURN relay, else ``"direct-channel"`` (hole punched or on a LAN)."""
-    return "relayed-channel" if "relay" in (pair["local"]["type"], pair["remote"]["type"]) else "direct-channel"
 
 
 def _signal(to: str, description: RTCSessionDescription) -> dict:
