@@ -66,6 +66,12 @@ class PravegaSettings:
     workers: int = 2
     # Seconds a Pravega call may take before the request gets a 503.
     timeout: float = 5.0
+    # Seconds a call no request waits on may take: a node creating, listing or
+    # deleting its piece streams. A controller under load takes seconds to
+    # make a stream, and a call cut short is killed with its worker and
+    # begun again from scratch, so a bound as short as timeout could fail
+    # every try for as long as the load lasts.
+    metadata_timeout: float = 30.0
     # Seconds a video body already under way retries a read Pravega fails
     # (a segment store lost, its containers moving) before it is cut short.
     failover_timeout: float = 30.0

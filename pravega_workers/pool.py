@@ -266,8 +266,13 @@ class WorkerSlot:
                 raise PravegaError(UNAVAILABLE, f"the Pravega {self.role} worker did not start")
         return worker
 
-    async def request(self, kind: int, payload: bytes, what: str, into: memoryview | None = None) -> memoryview:
-        """Sends one request and returns the DATA it is answered with; ``what`` names it in errors."""
+    async def request(self, kind: int, payload: bytes, what: str, into: memoryview | None = None,
+                      timeout: float | None = None) -> memoryview:
+        """Sends one request and returns the DATA it is answered with; ``what`` names it in errors.
+
+        ``timeout`` is its bound when not ``pravega.timeout``.
+        """
+        timeout = self.settings.timeout if timeout is None else timeout
         worker = await self.ready_worker()
         tag = next(self._tags)
         future = asyncio.get_running_loop().create_future()
@@ -278,11 +283,11 @@ class WorkerSlot:
             self.pending.pop(tag, None)
             raise
         try:
-            async with asyncio.timeout(self.settings.timeout):
+            async with asyncio.timeout(timeout):
                 return await future
         except TimeoutError:
-            worker.kill(f"no answer in {self.settings.timeout:g}s")
-            raise PravegaError(UNAVAILABLE, f"Pravega did not answer {what} within {self.settings.timeout:g}s") from None
+            worker.kill(f"no answer in {timeout:g}s")
+            raise PravegaError(UNAVAILABLE, f"Pravega did not answer {what} within {timeout:g}s") from None
 
     def tell(self, kind: int, payload: bytes) -> None:
         """Sends a request that is not answered, if the worker is there to take it."""
@@ -408,10 +413,14 @@ class EventAppender:
     The worker keeps one writer per stream for as long as it lives, as the
     client wants. Events are appended whole and flushed before the answer,
     so once :meth:`append` returns, the event is in Pravega and readable.
+    An append is bounded by ``pravega.timeout``, since fetches wait for it;
+    creating, listing and deleting streams, which only the controller does
+    and no request waits on, by ``pravega.metadata_timeout``.
     """
 
     def __init__(self, settings: PravegaSettings) -> None:
         self._slot = WorkerSlot("appender", settings)
+        self._metadata_timeout = settings.metadata_timeout
 
     def start(self) -> None:
         self._slot.ensure_worker()
@@ -422,7 +431,7 @@ class EventAppender:
     async def create(self, stream: str) -> int:
         """Creates ``stream`` unless it exists and returns its length in bytes."""
         request = ujson.dumps({"stream": stream}).encode()
-        answer = await self._slot.request(proto.CREATE, request, f"creating {stream!r}")
+        answer = await self._slot.request(proto.CREATE, request, f"creating {stream!r}", timeout=self._metadata_timeout)
         return ujson.loads(bytes(answer))["tail"]
 
     async def append(self, stream: str, event: bytes) -> None:
@@ -431,11 +440,13 @@ class EventAppender:
     async def delete(self, prefix: str, keep: Collection[str] = ()) -> list[str]:
         """Seals and deletes every stream whose name starts with ``prefix`` but those in ``keep``; returns their names."""
         request = ujson.dumps({"prefix": prefix, "keep": list(keep)}).encode()
-        answer = await self._slot.request(proto.DELETE, request, f"deleting the streams {prefix}…")
+        answer = await self._slot.request(proto.DELETE, request, f"deleting the streams {prefix}…",
+                                          timeout=self._metadata_timeout)
         return ujson.loads(bytes(answer))["deleted"]
 
     async def list(self, prefix: str) -> dict[str, int]:
         """The streams whose names start with ``prefix``, and their lengths in bytes."""
         request = ujson.dumps({"prefix": prefix}).encode()
-        answer = await self._slot.request(proto.LIST, request, f"listing the streams {prefix}…")
+        answer = await self._slot.request(proto.LIST, request, f"listing the streams {prefix}…",
+                                          timeout=self._metadata_timeout)
         return ujson.loads(bytes(answer))["streams"]

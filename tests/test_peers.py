@@ -10,6 +10,7 @@ them as a client would.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import os
 import signal
@@ -230,12 +231,29 @@ def test_pravega_prefix_survives_a_restart_and_catches_corruption(pravega_settin
 
 
 @pytest.mark.pravega
-def test_pravega_pieces_are_kept_again_once_pravega_answers_again(private_pravega, monkeypatch):
+def test_pravega_pieces_outlast_a_slow_pravega_and_are_kept_again_after_a_lost_one(private_pravega, monkeypatch):
+    """Opening the stream may take longer than pravega.timeout (a loaded controller): it still opens, at
+    the first try. Past pravega.metadata_timeout it fails, nothing is kept, and it is opened again later."""
     pravega = private_pravega
     monkeypatch.setattr(pravega_pieces, "REOPEN_AFTER", 0.5)
-    settings = PravegaSettings(controller_uri=pravega.uri, scope="reopen", timeout=1.0)
+    settings = PravegaSettings(controller_uri=pravega.uri, scope="reopen", timeout=1.0, metadata_timeout=1.0)
     data = os.urandom(4 * PIECE)
     pieces = [data[n * PIECE : (n + 1) * PIECE] for n in range(4)]
+
+    async def slow():
+        streams = PieceStreams(dataclasses.replace(settings, scope="slow", metadata_timeout=30.0))
+        streams.start()
+        storage = streams.storage("v")
+        pravega.signal(signal.SIGSTOP)
+        try:
+            await storage.adopt(manifest_of(data))
+            await asyncio.sleep(3.0)  # three times pravega.timeout
+        finally:
+            pravega.signal(signal.SIGCONT)
+        await asyncio.wait([storage._opening])
+        opened = storage.stream
+        streams.close()
+        return opened
 
     async def scenario():
         streams = PieceStreams(settings)
@@ -257,6 +275,7 @@ def test_pravega_pieces_are_kept_again_once_pravega_answers_again(private_praveg
         streams.close()
         return failed, back
 
+    assert asyncio.run(slow()) is not None
     (held_while_down, stream_while_down), back = asyncio.run(scenario())
     assert held_while_down == set() and stream_while_down is None
     assert back == pieces
@@ -410,7 +429,7 @@ def test_pieces_the_storage_does_not_keep_are_fetched_once_for_a_slow_reader():
         upstream = Upstream(upstream_url)
         # Nothing listens there: opening the stream fails, and the storage keeps no piece.
         streams = PieceStreams(PravegaSettings(controller_uri=f"tcp://127.0.0.1:{bind_unused_port()[1]}",
-                                               timeout=0.5))
+                                               timeout=0.5, metadata_timeout=0.5))
         storage = streams.storage("v")
         await storage.adopt(manifest)
         await asyncio.wait([storage._opening])
