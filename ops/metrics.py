@@ -31,7 +31,7 @@ from typing import Callable, Iterator
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from tornado.ioloop import PeriodicCallback
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
@@ -95,6 +95,16 @@ class Metrics:
         self.registry.register(collector)
         self._custom.append(collector)
 
+    def count_held(self, held_bytes: Callable[[], float]) -> None:
+        """Exports the bytes of pieces a peer node keeps (toward ``peer.max_held_bytes``), read when scraped.
+
+        A collector of our own rather than a ``set_function`` gauge, so that it
+        is read the same way with or without multiprocess mode's files.
+        """
+        collector = _HeldBytes(held_bytes)
+        self.registry.register(collector)
+        self._custom.append(collector)
+
     def watch(self, active_streams: Callable[[], float], websocket_clients: Callable[[], float]) -> None:
         """Reads the two gauges from whoever holds the streams and sockets, when scraped.
 
@@ -148,3 +158,18 @@ class _SourceBytes:
         for source, total in sorted(totals.items()):
             family.add_metric([source], total)
         yield family
+
+
+class _HeldBytes:
+    """A collector: the bytes of pieces a peer node keeps, read from it when scraped."""
+
+    def __init__(self, held_bytes: Callable[[], float]) -> None:
+        self._held_bytes = held_bytes
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "binge_peer_held_bytes",
+            "Bytes of verified pieces a peer node keeps, counted toward peer.max_held_bytes "
+            "(in Pravega: those appended, not those still waiting to be).",
+            value=self._held_bytes(),
+        )

@@ -141,6 +141,7 @@ class PeerNodeStore(Store):
         self._announcer.start()
         self.on_bad_piece = metrics.piece_failed
         metrics.count_sources(self.sources)
+        metrics.count_held(lambda: self.held.total)
 
     async def close(self) -> None:
         for handle in (self._check_handle, self._recheck_handle, self._counting):

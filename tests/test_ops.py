@@ -17,12 +17,12 @@ import time
 
 import pytest
 import ujson
-from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
 from handlers import catalog, tornado_internals
 from harness.clients import silent_websocket, stalled_stream
+from harness.http import sample
 from harness.loopback import until
 from harness.media import write_random_video
 from harness.nodes import MiB, Server, start_all
@@ -44,15 +44,6 @@ FROM_B = {"X-Forwarded-For": "198.51.100.2"}
 TWO_OF_EACH_TRUSTING_LOOPBACK = pytest.mark.parametrize("config", [{
     "server": {"trusted_proxies": ["127.0.0.1"]}, "limits": {"streams_per_ip": 2, "sockets_per_ip": 2},
 }], indirect=True, ids=["two-of-each"])
-
-
-def sample(text: str, name: str, **labels: str) -> float | None:
-    """The value of the sample ``name`` with exactly ``labels`` in a Prometheus text exposition."""
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name and s.labels == labels:
-                return s.value
-    return None
 
 
 async def metrics(http_client, base_url) -> str:
@@ -128,6 +119,7 @@ async def _peer_node_scenario(tmp_path) -> None:
                 sample(text, "binge_source_bytes_total", source="origin") == len(data)
                 and sample(text, "binge_source_bytes_total", source="local") == len(data)
                 and sample(text, "binge_streamed_bytes_total", store="peer") == 2 * len(data)
+                and sample(text, "binge_peer_held_bytes") == len(data)
             )
 
         await until(counted, timeout=5, what="the node's counts")
