@@ -203,6 +203,7 @@ def test_pravega_prefix_survives_a_restart_and_catches_corruption(pravega_settin
 
     async def another_version(streams, storage):
         await storage.adopt(manifest_of(os.urandom(3 * PIECE)))
+        await asyncio.wait([storage._opening])  # its open deletes the first version's stream, as run_node waits
         assert storage.held() == set()
 
     async def back_to_the_first(streams, storage):
