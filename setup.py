@@ -25,7 +25,9 @@ setup(
         "test": ["pytest>=8", "pytest-tornado>=0.8", "pytest-timeout>=2.3", "hypothesis>=6.100", "playwright>=1.40",
                  "pysubs2>=1.7", "redbot==2.7.1",
                  # bench/player_load.py --py-spy: where Binge+ spends its time under load.
-                 "py-spy>=0.4"],
+                 "py-spy>=0.4",
+                 # bench/stream_http.py's aiohttp peer.
+                 "aiohttp>=3.9"],
     },
     entry_points={
         "console_scripts": [

@@ -52,6 +52,7 @@ from stream_http import FILE_SIZE, RANGE, WRK_SCRIPT, wrk
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from harness.loopback import cpu_seconds, process_tree  # noqa: E402
 from harness.media import write_random_video  # noqa: E402
 from harness.pravega import PravegaCluster, PravegaNotStarted, StandalonePravega  # noqa: E402
 from harness.server_process import ServerProcess  # noqa: E402
@@ -153,23 +154,6 @@ def raw_round(uri: str, scope: str, stream: str, processes: int, seconds: int) -
     return sum(rates)
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time of ``pid`` and its children (the reader workers) so far."""
-    pids = [pid]
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as f:
-            pids += [int(p) for p in f.read().split()]
-    total = 0
-    for p in pids:
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue  # a worker that just exited
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
-
-
 def worst_lag(path: str, windows: list[tuple[float, float]]) -> tuple[float, float]:
     """The worst lags, in ms, the probe saw in half-seconds within ``windows``: by the clock, and running."""
     worst = worst_running = 0.0
@@ -236,10 +220,10 @@ def main() -> None:
         for round_ in range(args.rounds):
             results["raw"].append(raw_round(uri, scope, stream, args.workers, args.seconds))
             print(f"round {round_ + 1} raw    {results['raw'][-1]:7.1f} MiB/s", flush=True)
-            cpu_before, started = cpu_seconds(server.pid), time.time()
+            cpu_before, started = cpu_seconds(process_tree(server.pid)), time.time()
             results["binge"].append(wrk(url, script, args.seconds, args.connections) * RANGE / 2**20)
             windows.append((started, time.time()))
-            cpu.append((cpu_seconds(server.pid) - cpu_before) / (windows[-1][1] - started))
+            cpu.append((cpu_seconds(process_tree(server.pid)) - cpu_before) / (windows[-1][1] - started))
             lag, running = worst_lag(lag_file, windows[-1:])
             print(f"round {round_ + 1} Binge+ {results['binge'][-1]:7.1f} MiB/s  "
                   f"(worst loop lag {lag:.1f} ms, {running:.1f} ms of it running)", flush=True)

@@ -29,7 +29,7 @@ import yaml
 from tornado.httpclient import HTTPClientError
 
 from harness.http import get_json
-from harness.loopback import free_port, stop_process
+from harness.loopback import child_pids, free_port, stop_process
 from harness.netns import Namespace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -272,11 +272,3 @@ class NginxProcess(ListeningProcess):
     def pids(self) -> list[int]:
         return [self.pid, *child_pids(self.pid)]
 
-
-def child_pids(pid: int) -> list[int]:
-    """The pids of a process's children (of all its threads)."""
-    children = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as f:
-            children += [int(c) for c in f.read().split()]
-    return children
