@@ -11,7 +11,15 @@ each with full snapshots (what the browser page asks for) and with changes
 as it ends; then, per rate, the median p50 and p99 over the rounds, the
 highest rate whose p99 stays under 100 ms, and the ratios.
 
-    .venv/bin/python bench/presence_scale.py [--clients 1000] [--rounds 3] [--only binge-changes ...]
+For each N of --workers (default: the number of CPUs), Binge+ runs with
+``server.workers: N`` and socket.io with N Node processes
+(``bench/socketio/cluster.js``: @socket.io/sticky and
+@socket.io/cluster-adapter, as socket.io's docs run a cluster; one plain
+process at N = 1). With N below the number of CPUs the server runs on CPUs
+0..N-1 and the load process on the others; at N = all CPUs nothing is
+pinned and the load process shares the cores with the server.
+
+    .venv/bin/python bench/presence_scale.py [--clients 1000] [--rounds 3] [--workers 1,2] [--only binge-changes ...]
 
 Needs Node 20 and npm: it runs ``npm ci`` in bench/socketio first.
 """
@@ -21,6 +29,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -31,9 +40,9 @@ import ujson
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from harness.media import write_unprobed_video  # noqa: E402
-from harness.server_process import ListeningProcess, ServerProcess  # noqa: E402
+from harness.loopback import cpu_placement, loadavg, process_tree, reference_loop  # noqa: E402
+from harness.server_process import ROOT, ListeningProcess, ServerProcess  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NODE_DIR = os.path.join(ROOT, "bench", "socketio")
 VIDEOS = ["v0", "v1", "v2", "v3"]
 TARGET_MS = 100.0
@@ -48,20 +57,24 @@ def make_library(work: str) -> str:
     return library
 
 
-def binge_server(work: str, args: argparse.Namespace) -> ServerProcess:
+def binge_server(work: str, args: argparse.Namespace, workers: int) -> ServerProcess:
     # The driver is one socket standing in for many users' changes, and
     # every client comes from 127.0.0.1: the per-socket message limit and
     # the per-address socket limit are lifted.
     return ServerProcess(work, {
+        "server": {"workers": workers},
         "storage": {"library": os.path.join(work, "library"), "cache_dir": os.path.join(work, "cache")},
         "presence": {"messages_per_second": 100000},
         "limits": {"sockets_per_ip": args.clients + 10},
-    }, "binge", log_level="WARNING")
+    }, "binge", log_level="WARNING",
+        launcher=[*cpu_placement(workers)[0], sys.executable, os.path.join(ROOT, "server.py")])
 
 
-def socketio_server(work: str, args: argparse.Namespace) -> ListeningProcess:
+def socketio_server(work: str, args: argparse.Namespace, workers: int) -> ListeningProcess:
+    program = ["cluster.js", "--workers", str(workers)] if workers > 1 else ["server.js"]
     return ListeningProcess(work, "socketio", lambda port: [
-        "node", "server.js", "--port", str(port), "--videos", ",".join(VIDEOS), "--coalesce-ms", str(args.coalesce_ms),
+        *cpu_placement(workers)[0], "node", *program, "--port", str(port), "--videos", ",".join(VIDEOS),
+        "--coalesce-ms", str(args.coalesce_ms),
     ], cwd=NODE_DIR)
 
 
@@ -76,12 +89,15 @@ CONTENDERS = {
 }
 
 
-def run_load(name: str, work: str, args: argparse.Namespace) -> list[dict]:
+def run_load(name: str, workers: int, work: str, args: argparse.Namespace) -> list[dict]:
     label, make_server, kind, extra = CONTENDERS[name]
-    with make_server(work, args) as server:
-        command = ["node", "load.js", "--server", kind, "--url", f"ws://127.0.0.1:{server.port}",
+    label = f"{label} N={workers}"
+    with make_server(work, args, workers) as server:
+        command = [*cpu_placement(workers)[1], "node", "load.js", "--server", kind,
+                   "--url", f"ws://127.0.0.1:{server.port}",
                    "--videos", ",".join(VIDEOS), "--clients", str(args.clients), "--rates", args.rates,
-                   "--step-seconds", str(args.step_seconds), "--server-pid", str(server.pid),
+                   "--step-seconds", str(args.step_seconds),
+                   "--server-pid", ",".join(map(str, process_tree(server.pid))),
                    "--max-latency-ms", str(TARGET_MS), *extra]
         out = subprocess.run(command, cwd=NODE_DIR, capture_output=True, text=True, timeout=args.timeout)
         if out.returncode != 0:
@@ -112,34 +128,39 @@ def median(values: list[float]) -> float:
     return sorted(values)[len(values) // 2]
 
 
-def summary(results: dict[str, list[list[dict]]], args: argparse.Namespace) -> None:
+def summary(results: dict[tuple[str, int], list[list[dict]]], args: argparse.Namespace) -> None:
     """Per rate, each server's median p50/p99 over the rounds (a round that
     stopped before that rate, saturated, counts as infinite); then the
-    highest rate whose median p99 is under the target, and the ratios."""
+    highest rate whose median p99 is under the target, and the ratios at each N."""
     rates = [int(r) for r in args.rates.split(",")]
-    p50: dict[str, dict[int, float]] = {name: {} for name in results}
-    p99: dict[str, dict[int, float]] = {name: {} for name in results}
-    for name, runs in results.items():
+    p50: dict[tuple[str, int], dict[int, float]] = {key: {} for key in results}
+    p99: dict[tuple[str, int], dict[int, float]] = {key: {} for key in results}
+    for key, runs in results.items():
         for rate in rates:
             steps = [next((r for r in run if r["event"] == "step" and r["rate"] == rate), None) for run in runs]
-            p50[name][rate] = median([s["p50"] if s and s["p50"] is not None else math.inf for s in steps])
-            p99[name][rate] = median([s["p99"] if s and s["p99"] is not None else math.inf for s in steps])
+            p50[key][rate] = median([s["p50"] if s and s["p50"] is not None else math.inf for s in steps])
+            p99[key][rate] = median([s["p99"] if s and s["p99"] is not None else math.inf for s in steps])
+    label = {key: f"{CONTENDERS[key[0]][0]} N={key[1]}" for key in results}
     print(f"\n{args.clients} clients; p50 / p99 in ms, medians of {args.rounds} round(s); "
           f"target p99 {TARGET_MS:.0f} ms:")
-    print(f"  {'changes/s':>9s}" + "".join(f"  {CONTENDERS[name][0]:>20s}" for name in results))
+    print(f"  {'changes/s':>9s}" + "".join(f"  {label[key]:>24s}" for key in results))
     for rate in rates:
-        if all(math.isinf(p99[name][rate]) for name in results):
+        if all(math.isinf(p99[key][rate]) for key in results):
             break
-        cells = (f"{ms(p50[name][rate])} / {ms(p99[name][rate])}" for name in results)
-        print(f"  {rate:9d}" + "".join(f"  {cell:>20s}" for cell in cells))
-    held = {name: max((r for r in rates if p99[name][r] <= TARGET_MS), default=0) for name in results}
+        cells = (f"{ms(p50[key][rate])} / {ms(p99[key][rate])}" for key in results)
+        print(f"  {rate:9d}" + "".join(f"  {cell:>24s}" for cell in cells))
+    held = {key: max((r for r in rates if p99[key][r] <= TARGET_MS), default=0) for key in results}
     print("  highest rate held:  " + ", ".join(
-        f"{CONTENDERS[name][0]} {'>=' if held[name] == rates[-1] else ''}{held[name]}/s" for name in results))
-    for ours, theirs in (("binge", "socketio"), ("binge-changes", "socketio-changes"), ("binge-changes", "socketio")):
-        if ours in results and theirs in results:
-            ratio = f"{held[ours] / held[theirs]:.2f}x the rate held" if held[theirs] else "socket.io held no rate"
-            print(f"  {CONTENDERS[ours][0]} vs {CONTENDERS[theirs][0]}: {ratio}, "
-                  f"{p99[ours][rates[0]] / p99[theirs][rates[0]]:.2f}x the p99 at {rates[0]}/s")
+        f"{label[key]} {'>=' if held[key] == rates[-1] else ''}{held[key]}/s" for key in results))
+    for n in sorted({n for _, n in results}):
+        for ours, theirs in (("binge", "socketio"), ("binge-changes", "socketio-changes"),
+                             ("binge-changes", "socketio")):
+            if (ours, n) in results and (theirs, n) in results:
+                a, b = (ours, n), (theirs, n)
+                ratio = f"{held[a] / held[b]:.2f}x the rate held" if held[b] else "socket.io held no rate"
+                print(f"  {label[a]} vs {label[b]}: {ratio}, {p99[a][rates[0]] / p99[b][rates[0]]:.2f}x the p99 "
+                      f"at {rates[0]}/s" + (f", {p99[a][1000] / p99[b][1000]:.2f}x at 1000/s"
+                                           if 1000 in rates and not math.isinf(p99[b][1000]) else ""))
 
 
 def main() -> None:
@@ -151,28 +172,32 @@ def main() -> None:
     parser.add_argument("--coalesce-ms", type=float, default=20,
                         help="socket.io server's coalescing window (0: broadcast every change)")
     parser.add_argument("--only", choices=list(CONTENDERS), action="append", help="run only these servers")
+    parser.add_argument("--workers", default=str(os.cpu_count()),
+                        help="comma-separated process counts N to run every server with")
     parser.add_argument("--timeout", type=float, default=300, help="seconds one load run may take")
     args = parser.parse_args()
     if not shutil.which("node") or not shutil.which("npm"):
         raise SystemExit("Node 20 and npm are needed")
     subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=NODE_DIR, check=True)
+    # Thousands of sockets need as many descriptors in each server; children inherit the limit.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
-    names = args.only or list(CONTENDERS)
+    keys = [(name, int(n)) for n in args.workers.split(",") for name in args.only or list(CONTENDERS)]
+    # The machine may be shared: its load and speed go with the figures.
+    print(f"nproc {os.cpu_count()}, load average {loadavg()}, reference loop {reference_loop():.2f} s", flush=True)
     work = tempfile.mkdtemp(prefix="binge-presence-")
-    results: dict[str, list[list[dict]]] = {name: [] for name in names}
+    results: dict[tuple[str, int], list[list[dict]]] = {key: [] for key in keys}
     try:
         make_library(work)
         for round_ in range(args.rounds):
             # Alternate the order, so that drift on this shared machine hits all alike.
-            order = names if round_ % 2 == 0 else names[::-1]
-            for name in order:
-                # The machine may be shared: its load goes with the figures.
-                with open("/proc/loadavg") as f:
-                    load = f.read().split()[0]
-                print(f"round {round_ + 1}, {CONTENDERS[name][0]} (load average {load}):", flush=True)
-                results[name].append(run_load(name, work, args))
+            for name, n in keys if round_ % 2 == 0 else keys[::-1]:
+                print(f"round {round_ + 1}, {CONTENDERS[name][0]} N={n} (load average {loadavg()}):", flush=True)
+                results[name, n].append(run_load(name, n, work, args))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    print(f"load average now {loadavg()}, reference loop {reference_loop():.2f} s")
     summary(results, args)
 
 

@@ -3,7 +3,7 @@
 //
 //   node load.js --server binge|socketio --url ws://127.0.0.1:PORT --videos a,b
 //                [--clients 1000] [--rates 10,20,50] [--step-seconds 3]
-//                [--server-pid PID] [--query changes=1]
+//                [--server-pid PID[,PID...]] [--query changes=1]
 //
 // Every client is a `ws` websocket. Binge+ clients speak its JSON messages on
 // /presence; socket.io clients speak Engine.IO v4 / Socket.IO v5 over the
@@ -175,10 +175,14 @@ function checkWithSocketIoClient() {
   });
 }
 
-/** User and system CPU seconds of a process, from /proc. */
-function cpuSeconds(pid) {
-  const fields = fs.readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
-  return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in USER_HZ ticks
+/** User and system CPU seconds of a server's processes (comma-separated pids: its workers too), from /proc. */
+function cpuSeconds(pids) {
+  let total = 0;
+  for (const pid of pids.split(",")) {
+    const fields = fs.readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
+    total += (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in USER_HZ ticks
+  }
+  return total;
 }
 
 function percentile(sorted, p) {

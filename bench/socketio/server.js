@@ -21,8 +21,17 @@
 // since the previous broadcast in order (each the socket's entry plus its
 // video, or `{socketId, gone: true}`); a burst of more changes than there
 // are sockets goes out as a snapshot instead.
+//
+// Run by cluster.js it is one worker of a Node cluster (see there): each
+// worker keeps the whole picture; a change of one of its own sockets is
+// applied here and sent to the other workers (serverSideEmit, through the
+// cluster adapter), which apply it too; every worker broadcasts, coalesced
+// as above, to its own sockets, so a client's versions come from the worker
+// it is on and only ever grow. That is the shape of Binge+'s workers, each
+// broadcasting the one picture to its own sockets.
 "use strict";
 
+const cluster = require("node:cluster");
 const http = require("node:http");
 const { performance } = require("node:perf_hooks");
 const { parseArgs } = require("node:util");
@@ -69,11 +78,12 @@ function broadcast() {
   const diff = { from: broadcastVersion, version, changes };
   changes = [];
   broadcastVersion = version;
+  // io.local: this process's own sockets (in a cluster, each worker broadcasts to its own).
   if (diff.changes.length > sockets.size) {
-    io.emit("presence", { version, presence: snapshot() });
+    io.local.emit("presence", { version, presence: snapshot() });
   } else {
-    io.except("followers").emit("presence", { version, presence: snapshot() });
-    io.to("followers").emit("changes", diff);
+    io.local.except("followers").emit("presence", { version, presence: snapshot() });
+    io.local.to("followers").emit("changes", diff);
   }
   for (const socket of wanting) socket.join("followers");
   wanting.clear();
@@ -86,10 +96,10 @@ function change(id, next) {
   return entry;
 }
 
-/** Puts the socket in `next` (null: gone), keeping the watcher sets in step; silent when nothing changes. */
-function set(id, next) {
+/** Puts the socket in `next` (null: gone), keeping the watcher sets in step; false when nothing changes. */
+function apply(id, next) {
   const old = sockets.get(id) ?? null;
-  if (old && next && old.video === next.video && old.peer === next.peer) return;
+  if (old && next && old.video === next.video && old.peer === next.peer) return false;
   if (old?.video !== next?.video) {
     if (old?.video) {
       const ids = watchers.get(old.video);
@@ -107,10 +117,24 @@ function set(id, next) {
   changes.push(change(id, next));
   if (coalesceMs === 0) broadcast();
   else timer ??= setTimeout(broadcast, Math.max(0, lastBroadcast + coalesceMs - performance.now()));
+  return true;
+}
+
+/** A change of one of this process's own sockets: applied here and, in a cluster, on every other worker. */
+function set(id, next) {
+  if (apply(id, next) && cluster.isWorker) io.serverSideEmit("change", id, next);
 }
 
 const httpServer = http.createServer();
 const io = new Server(httpServer, { serveClient: false });
+if (cluster.isWorker) {
+  const { setupWorker } = require("@socket.io/sticky");
+  const { createAdapter } = require("@socket.io/cluster-adapter");
+  io.adapter(createAdapter());
+  setupWorker(io); // the primary hands this worker its connections
+  io.on("change", apply); // a socket of another worker changed
+  process.on("disconnect", () => process.exit(0)); // the primary is gone
+}
 
 io.on("connection", (socket) => {
   const ip = socket.handshake.address;
@@ -131,4 +155,5 @@ io.on("connection", (socket) => {
   });
 });
 
-httpServer.listen(Number(args.port), "127.0.0.1", () => console.log(`listening on 127.0.0.1:${args.port}`));
+if (cluster.isWorker) process.send("ready");
+else httpServer.listen(Number(args.port), "127.0.0.1", () => console.log(`listening on 127.0.0.1:${args.port}`));
