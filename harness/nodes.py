@@ -36,8 +36,8 @@ class Server(ServerProcess):
 
     def __init__(self, folder: str, name: str, upstream: str | None = None, piece_size: int = 64 * 1024,
                  public_url: str | None = None, pravega: dict | None = None, peer: dict | None = None,
-                 namespace: Namespace | None = None) -> None:
-        super().__init__(os.path.join(folder, name), {}, name, namespace=namespace)
+                 namespace: Namespace | None = None, workers: int = 1) -> None:
+        super().__init__(os.path.join(folder, name), {"server": {"workers": workers}}, name, namespace=namespace)
         self.library = os.path.join(self.folder, "library")
         os.makedirs(self.library, exist_ok=True)
         self.upstream = upstream
@@ -51,8 +51,7 @@ class Server(ServerProcess):
 
     def start(self) -> Server:
         self.config = {
-            # ServerProcess's server keys (host, port, one worker) stay: an origin of several worker processes
-            # would keep its presence, and so its peer lists, per process.
+            # ServerProcess's server keys (host, port, workers) stay; a peer node has one worker (server.workers).
             "server": {**self.config["server"], "shutdown_grace": 1},
             "storage": {"library": "library", "cache_dir": "cache", "scan_interval": 0.5},
             "peer": {"piece_size": self.piece_size, **self.peer},

@@ -226,8 +226,14 @@ NODE_PIECE = 64 * 1024
 
 @pytest.fixture(scope="module")
 def origin(internet, coturn, tmp_path_factory):
-    """``server.py`` on the WAN beside coturn, handing out its STUN and TURN with credentials (peer.turn_secret)."""
+    """``server.py`` on the WAN beside coturn, handing out its STUN and TURN with credentials (peer.turn_secret).
+
+    It runs two worker processes, as an origin on a machine of several cores
+    does by default: a node's announcement, its signals and its reads may each
+    land on either, so the peer lists and the signalling cross the workers.
+    """
     server = Server(str(tmp_path_factory.mktemp("servers")), "origin", piece_size=NODE_PIECE, namespace=internet.wan,
+                    workers=2,
                     peer={"ice_servers": [coturn.stun_url(), f"turn:{coturn.address}:3478?transport=udp"],
                           "turn_secret": coturn.secret})
     server.start()
