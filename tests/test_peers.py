@@ -570,6 +570,42 @@ def test_a_node_with_a_corrupted_copy_is_caught_and_avoided(servers):
     assert sources["origin"] >= len(data) - most, sources
 
 
+def test_a_corrupted_piece_over_a_data_channel_is_caught_and_its_sender_avoided(servers):
+    """As over HTTP: a piece that fails verification is never served, and its sender is asked for nothing more."""
+    origin = servers("origin")
+    data = write_random_video(os.path.join(origin.library, "big.mp4"), 4 * MiB)
+    b = servers("b", upstream=origin.url, public_url=f"http://127.0.0.1:{free_port()}")  # reached only by a channel
+    c = servers("c", upstream=origin.url)
+    # Past the first pieces, which c may read from the origin while its channel to b opens.
+    bad_piece = 40
+
+    async def scenario():
+        await start_all(origin, b, c, video="big")
+        seeder = Viewer(b.url)
+        await seeder.watch("big")
+        await seeder.play("big")
+        await until(lambda: _listed(origin, "big", b.public_url), what="b listed at the origin")
+        with open(b.pieces_file("big"), "r+b") as f:
+            f.seek(bad_piece * PIECE + 1000)
+            f.write(b"corrupted on disk")
+
+        viewer = Viewer(c.url)
+        await viewer.watch("big")
+        playback = await viewer.play("big")
+        sources = await get_json(f"{c.url}/videos/big/sources")
+        viewer.close()
+        seeder.close()
+        return playback, sources
+
+    playback, sources = asyncio.run(scenario())
+    assert playback.sha256 == hashlib.sha256(data).hexdigest()
+    assert sources["reached"] == {b.public_url: "direct-channel"}, sources
+    assert f"peer {b.public_url} sent a piece of big that fails verification" in c.log_tail(300)
+    # The channel carried pieces before the bad one, and nothing after it and its read-ahead window.
+    most = (bad_piece + 1 + READ_AHEAD + MAX_IN_FLIGHT) * PIECE
+    assert 0 < sources["peers"] < most and sources["origin"] >= len(data) - most, sources
+
+
 def test_chain_origin_a_b_with_a_real_video(servers):
     origin = servers("origin")
     make_video(os.path.join(origin.library, "clip.mp4"), seconds=3.0, container="mp4")
