@@ -42,6 +42,7 @@ from harness.netns import (ENDPOINT_INDEPENDENT, PREFIX_BASE, SYMMETRIC, HomePla
                            remove_leftovers, unavailable)
 from harness.turn import NamespaceTurnServer, turnserver
 from peers.fetcher import PEER_STALL, UPSTREAM_STALL
+from peers import links
 from harness.webrtc_peer import PeerProcess, connect, manifest_json
 from tests.needs import skip_or_fail
 
@@ -247,7 +248,7 @@ def origin(internet, coturn, tmp_path_factory):
 
 @pytest.fixture
 def nodes(origin, tmp_path):
-    """Makes nodes below the origin, each on a host of a home; stops them after, and shows their logs.
+    """Makes nodes below the origin (or ``upstream``), each on a host of a home; stops them after, and shows their logs.
 
     A node announces its home's public address, as one behind a home router
     would (the origin lists a peer only at the address it comes from), at its
@@ -255,8 +256,8 @@ def nodes(origin, tmp_path):
     """
     made: list[Server] = []
 
-    def make(name: str, home, host: int = 0) -> Server:
-        node = Server(str(tmp_path), name, upstream=origin.url, piece_size=NODE_PIECE, namespace=home.hosts[host])
+    def make(name: str, home, host: int = 0, upstream: Server = origin) -> Server:
+        node = Server(str(tmp_path), name, upstream=upstream.url, piece_size=NODE_PIECE, namespace=home.hosts[host])
         node.public_url = f"http://{home.public_address}:{node.port}"
         made.append(node)
         return node
@@ -416,4 +417,34 @@ def test_when_the_serving_node_is_killed_the_other_finishes_from_the_origin(inte
     assert sources["peers"] >= len(data) // 4 and sources["origin"] > 0, sources
     assert sources["peers"] + sources["origin"] == len(data), sources
     # No request waited longer than a stalled channel's bound and the upstream's answer after it.
+    assert playback.longest_request < PEER_STALL + UPSTREAM_STALL + 5.0, playback.durations
+
+
+def test_with_no_turn_between_symmetric_nats_the_node_plays_from_the_origin_within_the_stall_bounds(
+        internet, coturn, nodes, tmp_path):
+    """Neither HTTP nor a channel reaches the peer (an upstream handing out STUN only): the upstream serves."""
+    c, d = internet.homes["c"], internet.homes["d"]
+    upstream = Server(str(tmp_path), "stun-only", piece_size=NODE_PIECE, namespace=internet.wan,
+                      peer={"ice_servers": [coturn.stun_url()]})
+    data = write_random_video(os.path.join(upstream.library, "alone.mp4"), VIDEO_OF_NODES)
+    first, second = nodes("c", c, upstream=upstream), nodes("d", d, upstream=upstream)
+
+    async def scenario():
+        await start_all(upstream, first, second, video="alone")
+        seeder = await _seed(upstream, first, "alone")
+        # Paced so that the playback outlasts d's attempt to dial c (peers.links.CONNECT_TIMEOUT).
+        playback, sources, viewer = await _watch_from(second, "alone", range_size=256 * 1024, rate=256 * 1024)
+        for v, node in ((viewer, second), (seeder, first)):
+            await node.namespace.inside(_close(v))
+        return playback, sources
+
+    try:
+        playback, sources = asyncio.run(scenario())
+    finally:
+        upstream.stop()
+        print(f"--- stun-only upstream ---\n{upstream.log_tail()}")
+    assert playback.sha256 == hashlib.sha256(data).hexdigest()
+    assert sources["peers"] == 0 and sources["origin"] == len(data), sources
+    # d did try c, over a channel that could not open, and went on from the upstream meanwhile.
+    assert f"no data channel within {links.CONNECT_TIMEOUT:g} s" in second.log_tail(400)
     assert playback.longest_request < PEER_STALL + UPSTREAM_STALL + 5.0, playback.durations
