@@ -29,6 +29,7 @@ from harness.media import write_random_video
 from harness.nodes import (
     MiB,
     CountingProxy,
+    Playback,
     Server,
     Viewer,
     peer_urls,
@@ -532,6 +533,25 @@ def _served(sources: dict) -> int:
     return sources["local"] + sources["peers"] + sources["origin"]
 
 
+async def _play_beside_a_corrupted_copy(origin: Server, b: Server, c: Server, bad_piece: int) -> tuple[Playback, dict]:
+    """b's player plays the video, then piece ``bad_piece`` of b's copy is corrupted on disk and c's player plays it."""
+    await start_all(origin, b, c, video="big")
+    seeder = Viewer(b.url)
+    await seeder.watch("big")
+    await seeder.play("big")
+    await until(lambda: _listed(origin, "big", b.public_url), what="b listed at the origin")
+    with open(b.pieces_file("big"), "r+b") as f:
+        f.seek(bad_piece * PIECE + 1000)
+        f.write(b"corrupted on disk")
+    viewer = Viewer(c.url)
+    await viewer.watch("big")
+    playback = await viewer.play("big")
+    sources = await get_json(f"{c.url}/videos/big/sources")
+    viewer.close()
+    seeder.close()
+    return playback, sources
+
+
 def test_a_node_with_a_corrupted_copy_is_caught_and_avoided(servers):
     origin = servers("origin")
     data = write_random_video(os.path.join(origin.library, "big.mp4"), 4 * MiB)
@@ -543,21 +563,7 @@ def test_a_node_with_a_corrupted_copy_is_caught_and_avoided(servers):
         # Others reach B through a proxy, which counts what C asks of it.
         b_proxy = await CountingProxy(b.port).start()
         b.public_url = b_proxy.url
-        await start_all(origin, b, c, video="big")
-        seeder = Viewer(b.url)
-        await seeder.watch("big")
-        await seeder.play("big")
-        await until(lambda: _listed(origin, "big", b_proxy.url), what="b listed at the origin")
-        with open(b.pieces_file("big"), "r+b") as f:
-            f.seek(bad_piece * PIECE + 1000)
-            f.write(b"corrupted on disk")
-
-        viewer = Viewer(c.url)
-        await viewer.watch("big")
-        playback = await viewer.play("big")
-        sources = await get_json(f"{c.url}/videos/big/sources")
-        viewer.close()
-        seeder.close()
+        playback, sources = await _play_beside_a_corrupted_copy(origin, b, c, bad_piece)
         await b_proxy.close()
         return playback, sources, b_proxy.sent
 
@@ -578,26 +584,7 @@ def test_a_corrupted_piece_over_a_data_channel_is_caught_and_its_sender_avoided(
     c = servers("c", upstream=origin.url)
     # Past the first pieces, which c may read from the origin while its channel to b opens.
     bad_piece = 40
-
-    async def scenario():
-        await start_all(origin, b, c, video="big")
-        seeder = Viewer(b.url)
-        await seeder.watch("big")
-        await seeder.play("big")
-        await until(lambda: _listed(origin, "big", b.public_url), what="b listed at the origin")
-        with open(b.pieces_file("big"), "r+b") as f:
-            f.seek(bad_piece * PIECE + 1000)
-            f.write(b"corrupted on disk")
-
-        viewer = Viewer(c.url)
-        await viewer.watch("big")
-        playback = await viewer.play("big")
-        sources = await get_json(f"{c.url}/videos/big/sources")
-        viewer.close()
-        seeder.close()
-        return playback, sources
-
-    playback, sources = asyncio.run(scenario())
+    playback, sources = asyncio.run(_play_beside_a_corrupted_copy(origin, b, c, bad_piece))
     assert playback.sha256 == hashlib.sha256(data).hexdigest()
     assert sources["reached"] == {b.public_url: "direct-channel"}, sources
     assert f"peer {b.public_url} sent a piece of big that fails verification" in c.log_tail(300)
