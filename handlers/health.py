@@ -14,8 +14,10 @@ class HealthHandler(BaseHandler):
 
     A peer node adds its ``nodeId``: the id it goes by in ``Binge-Via``, so
     the ids in a message naming a loop of upstreams can be told apart. One
-    of several workers (:mod:`ops.workers`) adds ``worker``, its index and
-    pid, so an operator sees which process answered.
+    of several workers (:mod:`ops.workers`) adds ``worker``, its index, pid
+    and presence ``instance`` (the name its sockets go by in every worker's
+    presence), so an operator sees which process answered and which
+    process holds a socket.
     """
 
     etag_from_body = False  # no-store, and its uptime changes every time
@@ -32,7 +34,8 @@ class HealthHandler(BaseHandler):
                 "uptimeSeconds": round(time.monotonic() - self.application.started, 1),
                 "websocketClients": len(self.application.presence.local_sockets()),
                 **({"nodeId": self.application.node_id} if self.application.node_id else {}),
-                **({"worker": {"index": worker.index, "pid": os.getpid()}} if worker else {}),
+                **({"worker": {"index": worker.index, "pid": os.getpid(),
+                               "instance": self.application.presence_link.instance}} if worker else {}),
             },
             200 if ok else 503,
         )

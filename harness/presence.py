@@ -45,10 +45,11 @@ class Instance(ServerProcess):
 
 
 class Client:
-    """A presence websocket that keeps every message as it comes."""
+    """A presence websocket that keeps every message as it comes, and the version of each presence it was sent."""
 
     def __init__(self) -> None:
         self.inbox: asyncio.Queue = asyncio.Queue()
+        self.versions: list[int] = []
 
     async def connect(self, instance: Instance) -> "Client":
         self.conn = await websocket_connect(instance.url.replace("http", "ws") + "/presence",
@@ -60,7 +61,10 @@ class Client:
     async def next(self, timeout: float = 10.0) -> dict:
         raw = await asyncio.wait_for(self.inbox.get(), timeout)
         assert raw is not None, "socket closed"
-        return ujson.loads(raw)
+        message = ujson.loads(raw)
+        if message["type"] in ("presence", "changes"):
+            self.versions.append(message["version"])
+        return message
 
     async def presence_until(self, predicate, timeout: float) -> dict:
         deadline = time.monotonic() + timeout

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
+import os
+import signal
+import statistics
 import time
 import types
 
@@ -22,10 +26,14 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from harness.http import get_json
 from harness.in_process import serving
 from harness.loopback import until
+from harness.media import write_unprobed_video
 from harness.presence import Client, watching
+from harness.server_process import ServerProcess
 from ops.limits import SharedCounts, shared_counts
+from ops.workers import WorkerContext
 from presence.relay import Relay, relaying
 from tests.test_presence_changes import apply
+from tests.test_workers import REPLACED_WITHIN, WORKERS
 
 # A change on one worker shows on another within the broadcast's coalescing
 # (presence.coalesce_interval, 0.02 s) plus the relay's few milliseconds;
@@ -34,9 +42,9 @@ from tests.test_presence_changes import apply
 RELAY_PROPAGATION = 0.2
 
 
-def worker(run_dir, index: int, count: int):
+def worker(run_dir, index: int, count: int) -> WorkerContext:
     """What ops.workers.current() gives worker ``index``."""
-    return types.SimpleNamespace(index=index, count=count, run_dir=str(run_dir), port=0)
+    return WorkerContext(index, count, str(run_dir), 0)
 
 
 class Place:
@@ -263,3 +271,195 @@ def test_a_shared_count_is_summed_over_workers_never_short_and_a_dead_row_is_rel
             assert rows[2].count(addresses[0]) == 0
 
     asyncio.run(check())
+
+
+# server.py with real worker processes (tests.test_workers.WORKERS of them):
+# the supervisor's relay, not one in this process.
+# Seconds a SIGKILLed worker's sockets (and slots) may take to leave the
+# others' pictures (and counts): the relay tells them as soon as the kernel
+# ends the dead worker's connection, in milliseconds, so this is room for a
+# loaded machine, and far below presence's instance timeout (30 s), which
+# is what would drop them if the relay did not.
+GONE_WITHIN = 5.0
+# Seconds between asking again when a worker has not answered: one being
+# replaced takes a second or two, which is no reason to spin a core.
+ASK_AGAIN = 0.02
+UPGRADE = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+           "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+
+
+def presence_server(tmp_path, **limits) -> ServerProcess:
+    library = tmp_path / "library"
+    library.mkdir()
+    for video in ("lobby", "alpha", "beta"):
+        write_unprobed_video(str(library / f"{video}.mp4"), 1024)
+    return ServerProcess(tmp_path, {
+        "server": {"workers": WORKERS},
+        "storage": {"library": str(library), "cache_dir": str(tmp_path / "cache")},
+        **({"limits": limits} if limits else {}),
+    })
+
+
+def on_a_worker(server: ServerProcess, path: str, headers: dict | None = None) -> tuple[dict, int, dict]:
+    """``/healthz``'s ``worker`` and the status and JSON of ``path``, both asked on one connection, so of one worker."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    try:
+        conn.request("GET", "/healthz")
+        health = ujson.loads(conn.getresponse().read())
+        conn.request("GET", path, headers=headers or {})
+        response = conn.getresponse()
+        return health["worker"], response.status, ujson.loads(response.read())
+    finally:
+        conn.close()
+
+
+def every_worker(server: ServerProcess, path: str, headers: dict | None = None) -> dict[int, tuple[dict, int, dict]]:
+    """Index -> what :func:`on_a_worker` gives, asked on new connections until each worker has answered.
+
+    SO_REUSEPORT spreads new connections evenly, so two running workers
+    answer within a few; a worker being replaced, once it is back.
+    """
+    seen: dict[int, tuple] = {}
+    deadline = time.monotonic() + REPLACED_WITHIN
+    while len(seen) < WORKERS:
+        assert time.monotonic() < deadline, f"not every worker answered: {sorted(seen)}\n{server.log_tail()}"
+        try:
+            answer = on_a_worker(server, path, headers)
+        except ConnectionError:  # queued on a worker as it was killed (see ops.workers)
+            time.sleep(ASK_AGAIN)
+            continue
+        if answer[0]["index"] in seen:
+            time.sleep(ASK_AGAIN)
+        seen[answer[0]["index"]] = answer
+    return seen
+
+
+async def pictures(server: ServerProcess) -> dict[int, dict]:
+    """Index -> that worker's ``GET /presence``."""
+    return {index: picture for index, (_, _, picture) in (await asyncio.to_thread(every_worker, server, "/presence")).items()}
+
+
+async def placed(server: ServerProcess, video: str = "lobby") -> tuple[Client, str]:
+    """A new socket watching ``video``, and the instance of the worker it landed on (its entry names it)."""
+    client = await Client().connect(server)
+    client.send({"type": "watch", "video": video})
+    picture = await client.presence_until(watching(client.socket_id, video), 5)
+    return client, next(w["instance"] for w in picture["videos"][video] if w["socketId"] == client.socket_id)
+
+
+async def on_each_worker(server: ServerProcess, each: int) -> dict[str, list[Client]]:
+    """Instance -> sockets on that worker: new sockets until every worker has ``each`` (the rest closed)."""
+    held: dict[str, list[Client]] = {}
+    for _ in range(50 * each):
+        client, instance = await placed(server)
+        if len(held.setdefault(instance, [])) < each:
+            held[instance].append(client)
+        else:  # and its slot released (it is gone from a neighbour's picture) before the next comes
+            client.conn.close()
+            await held[instance][0].presence_until(lambda p: client.socket_id not in p["sockets"], 5)
+        if len(held) == WORKERS and all(len(c) == each for c in held.values()):
+            return held
+    raise AssertionError(f"sockets never spread over the workers: {({i: len(c) for i, c in held.items()})}")
+
+
+def test_real_workers_share_one_picture_and_broadcast_through_the_relay_within_the_coalescing(tmp_path):
+    asyncio.run(_one_picture_scenario(tmp_path))
+
+
+async def _one_picture_scenario(tmp_path) -> None:
+    with presence_server(tmp_path) as server:
+        held = await on_each_worker(server, 1)
+        (viewer,), (on_other,) = held.values()
+        took = []
+        for round_ in range(6):
+            video = "alpha" if round_ % 2 else "beta"
+            started = time.monotonic()
+            viewer.send({"type": "watch", "video": video})
+            await on_other.presence_until(watching(viewer.socket_id, video), 5)
+            took.append(time.monotonic() - started)
+        print(f"a change on one worker seen on the other after {', '.join(f'{t * 1000:.0f}' for t in took)} ms")
+        # The median: one round may meet a worker's garbage collection or the machine's other load.
+        assert statistics.median(took) < RELAY_PROPAGATION, took
+
+        every = await pictures(server)
+        for index, picture in every.items():
+            assert watching(viewer.socket_id, video)(picture) and watching(on_other.socket_id, "lobby")(picture), index
+        assert every[0]["videos"] == every[1]["videos"] and every[0]["sockets"] == every[1]["sockets"]
+
+        viewer.conn.close()
+        await on_other.presence_until(lambda p: viewer.socket_id not in p["sockets"], RELAY_PROPAGATION + 1)
+        for client in (viewer, on_other):
+            assert client.versions == sorted(set(client.versions)), client.versions
+    assert "Traceback" not in open(server.log_path).read()
+
+
+def test_a_killed_workers_sockets_leave_the_picture_and_its_replacement_joins_it(tmp_path):
+    asyncio.run(_killed_scenario(tmp_path))
+
+
+async def _killed_scenario(tmp_path) -> None:
+    with presence_server(tmp_path) as server:
+        held = await on_each_worker(server, 2)
+        workers = {w["index"]: w for w, _, _ in (await asyncio.to_thread(every_worker, server, "/healthz")).values()}
+        doomed, kept = held[workers[0]["instance"]], held[workers[1]["instance"]]
+        os.kill(workers[0]["pid"], signal.SIGKILL)
+
+        def survivors_only(picture: dict) -> bool:
+            return (not {c.socket_id for c in doomed} & picture["sockets"].keys()
+                    and all(watching(c.socket_id, "lobby")(picture) for c in kept))
+
+        for client in kept:  # each survivor's socket stays open and is told
+            await client.presence_until(survivors_only, GONE_WITHIN)
+
+        # The replacement, worker 0 again with another pid and instance, has the survivors' viewers in its picture...
+        async def replaced():
+            answers = await asyncio.to_thread(every_worker, server, "/presence")
+            worker, _, picture = answers[0]
+            return worker if worker["pid"] != workers[0]["pid"] and survivors_only(picture) else None
+
+        new = await until(replaced, REPLACED_WITHIN, "worker 0 replaced, seeing the survivors' viewers", step=0.1)
+        # ...and a viewer on it is in the survivors' pictures.
+        for _ in range(50):
+            client, instance = await placed(server, "alpha")
+            if instance == new["instance"]:
+                break
+            client.conn.close()
+        else:
+            raise AssertionError("no new socket landed on the replacement")
+        for survivor in kept:
+            await survivor.presence_until(watching(client.socket_id, "alpha"), RELAY_PROPAGATION + 1)
+            assert survivor.versions == sorted(set(survivor.versions)), survivor.versions
+    assert "Traceback" not in open(server.log_path).read()
+
+
+def test_sockets_per_ip_count_across_real_workers_and_a_killed_workers_slots_are_released(tmp_path):
+    asyncio.run(_limits_scenario(tmp_path))
+
+
+async def _limits_scenario(tmp_path) -> None:
+    limit = 4
+    with presence_server(tmp_path, sockets_per_ip=limit) as server:
+        held = await on_each_worker(server, limit // WORKERS)
+
+        def refused_by_each() -> dict[int, tuple[dict, int, dict]]:
+            return every_worker(server, "/presence", UPGRADE)
+
+        for index, (_, status, body) in (await asyncio.to_thread(refused_by_each)).items():
+            assert status == 429 and "too many" in body["error"], (index, status, body)
+
+        workers = {w["index"]: w for w, _, _ in (await asyncio.to_thread(every_worker, server, "/healthz")).values()}
+        os.kill(workers[0]["pid"], signal.SIGKILL)
+        freed = len(held[workers[0]["instance"]])
+
+        # The relay releases the dead worker's row when its connection ends: its slots come back.
+        async def connected():
+            try:
+                return await Client().connect(server)
+            except (HTTPClientError, OSError):  # refused (429) until the row is released
+                return None
+
+        for _ in range(freed):
+            await until(connected, GONE_WITHIN, "a killed worker's slot released")
+        for index, (_, status, _) in (await asyncio.to_thread(refused_by_each)).items():
+            assert status == 429, (index, status)
+    assert "Traceback" not in open(server.log_path).read()
