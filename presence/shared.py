@@ -150,6 +150,11 @@ class _Instance:
     def sockets(self) -> dict[str, SocketState]:
         return {socket_id: state for socket_id, (_, state) in self.entries.items() if state is not None}
 
+    def state(self, socket_id: str) -> SocketState | None:
+        """The socket's state, None for one removed or never told of."""
+        entry = self.entries.get(socket_id)
+        return None if entry is None else entry[1]
+
     def apply(self, record: Record) -> None:
         if record.type == "snapshot":
             if record.seq > self.base:
@@ -308,11 +313,15 @@ class RemoteInstances:
             self._gone.popitem(last=False)
 
     def _show(self, instance: str, socket_ids: Iterable[str]) -> None:
-        """Brings ``socket_ids`` of ``instance`` in presence to what the live picture says."""
+        """Brings ``socket_ids`` of ``instance`` in presence to what the live picture says.
+
+        Each socket is looked up on its own: a change names one socket of an
+        instance that may hold thousands, and it comes a thousand times a
+        second under load (bench/presence_scale.py at N workers).
+        """
         current = self._live.get(instance)
-        sockets = current.sockets if current else {}
         for socket_id in socket_ids:
-            self.presence.put_remote(instance, socket_id, sockets.get(socket_id))
+            self.presence.put_remote(instance, socket_id, current.state(socket_id) if current else None)
 
 
 def _apply(picture: dict[str, _Instance], record: Record, heard_at: float, source: str) -> None:
