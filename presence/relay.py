@@ -14,6 +14,13 @@ worker its latest snapshot and the changes since, then ``CAUGHT_UP``: the
 same replay a Pravega stream gives. What the relay keeps per worker is
 bounded by its heartbeat, which sends a snapshot every few seconds.
 
+Frames are written once per turn of the event loop, all that turn's
+frames for a connection in one write (:class:`_Outbox`): under load a
+worker reads many changes from its sockets in one turn, and the relay many
+frames from one worker, and one send(2), and one wakeup of the reader, for
+each was most of what the relay path cost (bench/presence_scale.py at N
+workers).
+
 Nothing waits on a worker: each one's unsent frames are bounded
 (``MAX_PENDING``); a worker that falls that far behind is disconnected,
 and comes back through a replay. A worker whose connection ends (it
@@ -75,9 +82,35 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[int, int, bytes]:
     return kind, seq, await reader.readexactly(length)
 
 
+class _Outbox:
+    """Frames for one connection, joined and written at the event loop's next turn."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self._frames: list[bytes] = []
+        self._size = 0
+
+    def pending(self) -> int:
+        """Bytes given and not yet taken by the socket."""
+        return self.writer.transport.get_write_buffer_size() + self._size
+
+    def put(self, data: bytes) -> None:
+        if not self._frames:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._frames.append(data)
+        self._size += len(data)
+
+    def flush(self) -> None:
+        """Writes what was put since the last flush now (nothing once the connection is closing)."""
+        frames, self._frames, self._size = self._frames, [], 0
+        if frames and not self.writer.transport.is_closing():
+            self.writer.write(b"".join(frames))
+
+
 @dataclass(eq=False)
 class _Worker:
     writer: asyncio.StreamWriter
+    outbox: _Outbox
     instance: str = ""
     index: int = -1
     seq: int = 0
@@ -113,7 +146,7 @@ class Relay:
         return len(self._workers)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        worker = _Worker(writer)
+        worker = _Worker(writer, _Outbox(writer))
         try:
             kind, _, payload = await read_frame(reader)
             if kind != HELLO:
@@ -157,15 +190,14 @@ class Relay:
     def _write(self, worker: _Worker, data: bytes) -> None:
         if worker.dropped:
             return
-        transport = worker.writer.transport
-        if transport.get_write_buffer_size() + len(data) > self.max_pending:
+        pending = worker.outbox.pending()
+        if pending + len(data) > self.max_pending:
             # Its reader ends with the connection, which tells the others it is gone.
-            log.warning("presence relay: worker %s is %d bytes behind, dropped", worker.instance,
-                        transport.get_write_buffer_size())
+            log.warning("presence relay: worker %s is %d bytes behind, dropped", worker.instance, pending)
             worker.dropped = True
-            transport.abort()
+            worker.writer.transport.abort()
             return
-        worker.writer.write(data)
+        worker.outbox.put(data)
 
 
 class RelayTransport:
@@ -179,6 +211,7 @@ class RelayTransport:
         self.index = index
         self.max_pending = max_pending
         self._writer: asyncio.StreamWriter | None = None
+        self._outbox: _Outbox | None = None
         self._task: asyncio.Task | None = None
         self.connections = 0
 
@@ -186,19 +219,21 @@ class RelayTransport:
         self._task = asyncio.create_task(self._run(receiver))
 
     def append(self, record: bytes, kind: str, seq: int) -> None:
-        writer = self._writer
-        if writer is None:
+        writer, outbox = self._writer, self._outbox
+        if writer is None or outbox is None:
             return  # lost; the snapshot after the next replay repairs it
-        if writer.transport.get_write_buffer_size() > self.max_pending:
+        if outbox.pending() > self.max_pending:
             log.warning("presence: the relay takes nothing, reconnecting")
             writer.transport.abort()
-            self._writer = None
+            self._writer = self._outbox = None
             return
-        writer.write(frame(_KINDS[kind], seq, record))
+        outbox.put(frame(_KINDS[kind], seq, record))
 
     async def close(self, grace: float) -> None:
-        writer, self._writer = self._writer, None
-        if writer is not None:
+        writer, outbox = self._writer, self._outbox
+        self._writer = self._outbox = None
+        if writer is not None and outbox is not None:
+            outbox.flush()  # the last records (the goodbye) were put this turn
             with contextlib.suppress(TimeoutError, ConnectionError):
                 async with asyncio.timeout(grace):
                     await writer.drain()
@@ -217,7 +252,7 @@ class RelayTransport:
                 continue
             self.connections += 1
             writer.write(frame(HELLO, 0, ujson.dumps({"instance": self.instance, "index": self.index}).encode()))
-            self._writer = writer
+            self._writer, self._outbox = writer, _Outbox(writer)
             try:
                 while True:
                     kind, _, payload = await read_frame(reader)
@@ -233,7 +268,7 @@ class RelayTransport:
                 log.warning("presence: lost the relay (%s), reconnecting", e or "closed")
             finally:
                 if self._writer is writer:
-                    self._writer = None
+                    self._writer = self._outbox = None
                 writer.transport.abort()
             await asyncio.sleep(RECONNECT)
 
