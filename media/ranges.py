@@ -10,6 +10,7 @@ servers, stores or clocks, so it is tested exhaustively on its own.
 from __future__ import annotations
 
 import email.utils
+import functools
 import re
 import time
 from dataclasses import dataclass
@@ -81,7 +82,14 @@ def _digits(s: str) -> bool:
 
 
 def http_date(timestamp: float) -> str:
-    return email.utils.formatdate(timestamp, usegmt=True)
+    return _http_date(int(timestamp))
+
+
+# Every response has a Date, and most a Last-Modified: formatting one is a
+# few microseconds of Python, a score of them a second the same string.
+@functools.lru_cache(maxsize=64)
+def _http_date(seconds: int) -> str:
+    return email.utils.formatdate(seconds, usegmt=True)
 
 
 def sent_last_modified(modified: float, date: float) -> int:
