@@ -106,10 +106,13 @@ class _Outbox:
         if frames and not self.writer.transport.is_closing():
             self.writer.write(b"".join(frames))
 
+    def abort(self) -> None:
+        """Ends the connection at once, what was put and not written with it."""
+        self.writer.transport.abort()
+
 
 @dataclass(eq=False)
 class _Worker:
-    writer: asyncio.StreamWriter
     outbox: _Outbox
     instance: str = ""
     index: int = -1
@@ -139,14 +142,14 @@ class Relay:
         if self._server:
             self._server.close()
             for worker in list(self._workers):
-                worker.writer.transport.abort()
+                worker.outbox.abort()
             await self._server.wait_closed()
 
     def connected(self) -> int:
         return len(self._workers)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        worker = _Worker(writer, _Outbox(writer))
+        worker = _Worker(_Outbox(writer))
         try:
             kind, _, payload = await read_frame(reader)
             if kind != HELLO:
@@ -195,7 +198,7 @@ class Relay:
             # Its reader ends with the connection, which tells the others it is gone.
             log.warning("presence relay: worker %s is %d bytes behind, dropped", worker.instance, pending)
             worker.dropped = True
-            worker.writer.transport.abort()
+            worker.outbox.abort()
             return
         worker.outbox.put(data)
 
@@ -210,7 +213,6 @@ class RelayTransport:
         self.instance = instance
         self.index = index
         self.max_pending = max_pending
-        self._writer: asyncio.StreamWriter | None = None
         self._outbox: _Outbox | None = None
         self._task: asyncio.Task | None = None
         self.connections = 0
@@ -219,25 +221,24 @@ class RelayTransport:
         self._task = asyncio.create_task(self._run(receiver))
 
     def append(self, record: bytes, kind: str, seq: int) -> None:
-        writer, outbox = self._writer, self._outbox
-        if writer is None or outbox is None:
+        outbox = self._outbox
+        if outbox is None:
             return  # lost; the snapshot after the next replay repairs it
         if outbox.pending() > self.max_pending:
             log.warning("presence: the relay takes nothing, reconnecting")
-            writer.transport.abort()
-            self._writer = self._outbox = None
+            outbox.abort()
+            self._outbox = None
             return
         outbox.put(frame(_KINDS[kind], seq, record))
 
     async def close(self, grace: float) -> None:
-        writer, outbox = self._writer, self._outbox
-        self._writer = self._outbox = None
-        if writer is not None and outbox is not None:
+        outbox, self._outbox = self._outbox, None
+        if outbox is not None:
             outbox.flush()  # the last records (the goodbye) were put this turn
             with contextlib.suppress(TimeoutError, ConnectionError):
                 async with asyncio.timeout(grace):
-                    await writer.drain()
-            writer.transport.abort()
+                    await outbox.writer.drain()
+            outbox.abort()
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -252,7 +253,7 @@ class RelayTransport:
                 continue
             self.connections += 1
             writer.write(frame(HELLO, 0, ujson.dumps({"instance": self.instance, "index": self.index}).encode()))
-            self._writer, self._outbox = writer, _Outbox(writer)
+            outbox = self._outbox = _Outbox(writer)
             try:
                 while True:
                     kind, _, payload = await read_frame(reader)
@@ -267,9 +268,9 @@ class RelayTransport:
             except (asyncio.IncompleteReadError, ConnectionError) as e:
                 log.warning("presence: lost the relay (%s), reconnecting", e or "closed")
             finally:
-                if self._writer is writer:
-                    self._writer = self._outbox = None
-                writer.transport.abort()
+                if self._outbox is outbox:
+                    self._outbox = None
+                outbox.abort()
             await asyncio.sleep(RECONNECT)
 
 

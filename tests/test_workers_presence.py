@@ -178,7 +178,7 @@ def test_a_worker_that_loses_the_relay_leaves_the_picture_and_comes_back_with_a_
             on_a.send({"type": "watch", "video": "alpha"})
             await on_b.presence_until(watching(on_a.socket_id, "alpha"), 5)
             transport = a.app.presence_link.transports[0]
-            transport._writer.transport.abort()  # the connection breaks, as when the relay drops a stuck worker
+            transport._outbox.abort()  # the connection breaks, as when the relay drops a stuck worker
             await on_b.presence_until(lambda p: on_a.socket_id not in p["sockets"], 5)
             await on_b.presence_until(watching(on_a.socket_id, "alpha"), 5)
             assert transport.connections == 2
