@@ -63,6 +63,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Iterator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREFIX_BASE = "bnat"
@@ -231,6 +232,18 @@ class Home:
             (counter,) = [o["counter"] for o in json.loads(listing)["nftables"] if "counter" in o]
             out[name] = counter["bytes"]
         return out
+
+    @contextlib.contextmanager
+    def dropping_udp_from(self, address: str) -> Iterator[None]:
+        """While inside, the router drops every UDP packet from ``address`` that it would let in: a direct path
+        between homes that opens late, as it does when hole punching loses the race to a relay."""
+        added = self.router.run(["nft", "--echo", "--handle", "insert", "rule", "inet", "home", "forward",
+                                 "iifname", "wan", "ip", "saddr", address, "meta", "l4proto", "udp", "drop"]).stdout
+        handle = re.search(r"# handle (\d+)", added).group(1)
+        try:
+            yield
+        finally:
+            self.router.run(["nft", "delete", "rule", "inet", "home", "forward", "handle", handle])
 
 
 @dataclass(frozen=True)

@@ -148,18 +148,35 @@ class ChannelClient:
     """
 
     def __init__(self, channel: RTCDataChannel, pair: dict | None = None) -> None:
-        self.channel = channel
-        self.pair = pair
         self._next_id = 0
         self._answers: dict[int, asyncio.Queue] = {}
+        # The channel each request still under way went over: after a move it finishes there.
+        self._sent_over: dict[int, RTCDataChannel] = {}
+        self._request_ended = asyncio.Event()
+        self._carry_on(channel, pair)
+
+    def _carry_on(self, channel: RTCDataChannel, pair: dict | None) -> None:
+        self.channel, self.pair = channel, pair
         channel.on("message", self._on_message)
-        channel.on("close", self._on_close)
+        channel.on("close", lambda: self._on_close(channel))
 
     @property
     def route(self) -> str:
         """``"relayed-channel"`` when an end of its pair is a TURN relay, else ``"direct-channel"`` (NATs punched, or a LAN)."""
         ends = (self.pair["local"]["type"], self.pair["remote"]["type"]) if self.pair else ()
         return "relayed-channel" if "relay" in ends else "direct-channel"
+
+    async def move_to(self, channel: RTCDataChannel, pair: dict | None) -> None:
+        """Sends every request from now on over ``channel``; returns once none is left on the channel before.
+
+        Nothing is cut short: a piece under way on the old channel arrives
+        there, and the caller closes that channel afterwards.
+        """
+        previous = self.channel
+        self._carry_on(channel, pair)
+        while any(c is previous for c in self._sent_over.values()):
+            self._request_ended.clear()
+            await self._request_ended.wait()
 
     def _on_message(self, message: str | bytes) -> None:
         if isinstance(message, str):
@@ -174,9 +191,10 @@ class ChannelClient:
         if queue is not None:
             queue.put_nowait(answer)
 
-    def _on_close(self) -> None:
-        for queue in self._answers.values():
-            queue.put_nowait(None)
+    def _on_close(self, channel: RTCDataChannel) -> None:
+        for request_id, over in self._sent_over.items():
+            if over is channel:
+                self._answers[request_id].put_nowait(None)
 
     def _ask(self, request: dict) -> tuple[int, asyncio.Queue]:
         if self.channel.readyState != "open":
@@ -184,8 +202,13 @@ class ChannelClient:
         self._next_id = (self._next_id + 1) % 2**32
         queue: asyncio.Queue = asyncio.Queue()
         self._answers[self._next_id] = queue
+        self._sent_over[self._next_id] = self.channel
         self.channel.send(ujson.dumps({"id": self._next_id, **request}))
         return self._next_id, queue
+
+    def _end(self, request_id: int) -> None:
+        del self._answers[request_id], self._sent_over[request_id]
+        self._request_ended.set()
 
     async def _next(self, queue: asyncio.Queue, timeout: float, what: str) -> object:
         try:
@@ -202,7 +225,7 @@ class ChannelClient:
         try:
             answer = await self._next(queue, timeout, "waiting for a have list")
         finally:
-            del self._answers[request_id]
+            self._end(request_id)
         if not isinstance(answer, dict) or not isinstance(answer.get("have"), dict):
             raise _refusal(answer, f"have of {video_id!r}")
         return answer["have"]
@@ -229,7 +252,7 @@ class ChannelClient:
                 remaining -= len(chunk)
                 yield chunk
         finally:
-            del self._answers[request_id]
+            self._end(request_id)
 
 
 def _refusal(answer: object, what: str) -> TransferError:

@@ -16,7 +16,10 @@ A node answers offers the same way: at most ``MAX_ACCEPTED`` peer
 connections at once, each with a :class:`~peers.channel.ChannelServer`
 answering ``have`` and ``piece`` from what the node holds, as ``/have``
 and ``/pieces/{n}`` do. A dialled channel is kept while it stays open, and
-dialled anew when it closes.
+dialled anew when it closes. A channel that opens over a TURN relay tries
+once for a direct pair beside it and, if one opens, moves its requests
+there (see ``PeerLinks._upgrade``): a relay costs its operator bandwidth,
+and a direct path is usually the shorter one.
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ class PeerLinks:
         # (video id, peer's address) -> its open channel, or the dial under way.
         self._clients: dict[tuple[str, str], ChannelClient] = {}
         self._dialling: dict[tuple[str, str], asyncio.Task] = {}
+        # A relayed channel's try for a direct one (see _upgrade).
+        self._upgrades: dict[tuple[str, str], asyncio.Task] = {}
         self._answers: dict[tuple[str, str], asyncio.Future] = {}
         self._accepted: set[RTCPeerConnection] = set()
         self._connections: set[RTCPeerConnection] = set()
@@ -80,7 +85,49 @@ class PeerLinks:
 
     async def _dial(self, video_id: str, address: str) -> ChannelClient:
         key = (video_id, address)
-        pc = await self._connection()
+        servers = await self._servers()
+        pc, channel = await self._open(video_id, address, servers)
+        client = self._clients[key] = ChannelClient(channel, selected_pair(pc))
+        channel.on("close", lambda: self._closed(key, client, channel, pc))
+        log.info("data channel open to peer %s for %s (%s: %s)", address, video_id, client.route, client.pair)
+        stun = [s for s in servers if all(url.startswith("stun") for url in _urls(s))]
+        if client.route == "relayed-channel" and stun:
+            self._upgrades[key] = asyncio.ensure_future(self._upgrade(video_id, address, client, pc, stun))
+        return client
+
+    async def _upgrade(self, video_id: str, address: str, client: ChannelClient, relayed: RTCPeerConnection,
+                       stun: list[dict]) -> None:
+        """Moves ``client`` from its relayed channel to a direct one, if one opens with ``stun`` alone.
+
+        aioice nominates the first pair whose check succeeds, and the direct
+        pair's first check is often dropped by the far router (no packet has
+        gone out from there yet) and resent only 500 ms later, by when the
+        relayed pair may have won. One more connection without TURN has
+        nothing to lose that race to; where the NATs let no direct pair
+        through (symmetric ones), it times out and the relay stays.
+        """
+        key = (video_id, address)
+        try:
+            pc, channel = await self._open(video_id, address, stun)
+        except TransferError as e:
+            log.info("peer %s for %s stays relayed: %s", address, video_id, e)
+            return
+        finally:
+            if self._upgrades.get(key) is asyncio.current_task():
+                del self._upgrades[key]
+        if self._clients.get(key) is not client:  # the relayed channel closed meanwhile
+            await self._drop(pc)
+            return
+        channel.on("close", lambda: self._closed(key, client, channel, pc))
+        pair = selected_pair(pc)
+        log.info("data channel to peer %s for %s moves to a direct pair (%s)", address, video_id, pair)
+        await client.move_to(channel, pair)
+        await self._drop(relayed)
+
+    async def _open(self, video_id: str, address: str, servers: list[dict]) -> tuple[RTCPeerConnection, RTCDataChannel]:
+        """A peer connection to ``address`` through ``servers`` and its open data channel; TransferError if none opens."""
+        key = (video_id, address)
+        pc = self._connection(servers)
         channel = pc.createDataChannel("pieces")
         opened = asyncio.Event()
         channel.on("open", opened.set)
@@ -99,15 +146,17 @@ class PeerLinks:
             await self._drop(pc)
             raise
         finally:
-            self._answers.pop(key, None)
-        client = self._clients[key] = ChannelClient(channel, selected_pair(pc))
-        channel.on("close", lambda: self._closed(key, client, pc))
-        log.info("data channel open to peer %s for %s (%s: %s)", address, video_id, client.route, client.pair)
-        return client
+            if self._answers.get(key) is answer:
+                del self._answers[key]
+        return pc, channel
 
-    def _closed(self, key: tuple[str, str], client: ChannelClient, pc: RTCPeerConnection) -> None:
-        if self._clients.get(key) is client:
+    def _closed(self, key: tuple[str, str], client: ChannelClient, channel: RTCDataChannel,
+                pc: RTCPeerConnection) -> None:
+        if channel is client.channel and self._clients.get(key) is client:
             del self._clients[key]
+            upgrade = self._upgrades.pop(key, None)
+            if upgrade is not None:
+                upgrade.cancel()
         asyncio.ensure_future(self._drop(pc))
 
     def on_signal(self, video_id: str, message: dict) -> None:
@@ -132,7 +181,7 @@ class PeerLinks:
         if len(self._accepted) >= MAX_ACCEPTED:
             log.info("refusing an offer from %s: %d peer connections accepted already", sender, MAX_ACCEPTED)
             return
-        pc = await self._connection()
+        pc = self._connection(await self._servers())
         self._accepted.add(pc)
         pc.on("datachannel", lambda channel: self._serve(channel, pc))
 
@@ -159,12 +208,14 @@ class PeerLinks:
         self._accepted.discard(pc)
         asyncio.ensure_future(self._drop(pc))
 
-    async def _connection(self) -> RTCPeerConnection:
+    async def _servers(self) -> list[dict]:
         try:
-            servers = await self._ice_servers()
+            return await self._ice_servers()
         except StoreError as e:
             log.info("no ICE servers from the upstream (%s); host candidates only", e)
-            servers = []
+            return []
+
+    def _connection(self, servers: list[dict]) -> RTCPeerConnection:
         pc = RTCPeerConnection(RTCConfiguration([
             RTCIceServer(s["urls"], s.get("username"), s.get("credential")) for s in servers
         ]))
@@ -176,7 +227,7 @@ class PeerLinks:
         await pc.close()
 
     async def close(self) -> None:
-        for task in list(self._dialling.values()):
+        for task in [*self._dialling.values(), *self._upgrades.values()]:
             task.cancel()
         await asyncio.gather(*(self._drop(pc) for pc in list(self._connections)), return_exceptions=True)
 
@@ -193,6 +244,11 @@ def selected_pair(pc: RTCPeerConnection) -> dict:
         return {"type": candidate.type, "address": address[0], "port": address[1]}
 
     return {"local": end(pair.local_candidate, pair.local_addr), "remote": end(pair.remote_candidate, pair.remote_addr)}
+
+
+def _urls(server: dict) -> list[str]:
+    urls = server["urls"]
+    return [urls] if isinstance(urls, str) else urls
 
 
 def _signal(to: str, description: RTCSessionDescription) -> dict:

@@ -150,3 +150,29 @@ async def test_a_server_gone_midway_leaves_the_bytes_it_sent_and_the_rest_resume
     async with _channel_pair(storage) as (client, _, _):
         await _read(client, manifest, 1, len(got), PIECE_SIZE, got)
     assert hashlib.sha256(got).digest() == manifest.digests[1]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_client_moved_to_another_channel_finishes_on_the_first_what_was_under_way_there(tmp_path):
+    _, manifest, storage = await _held_video(tmp_path)
+    async with _channel_pair(storage) as (client, _, first_server), _channel_pair(storage) as (other, _, _):
+        pair = {"local": {"type": "host"}, "remote": {"type": "srflx"}}
+        underway, moved = bytearray(), None
+        async with contextlib.aclosing(client.get_range("alpha", 1, manifest.root, 0, PIECE_SIZE, STALL)) as chunks:
+            async for chunk in chunks:
+                underway += chunk
+                if moved is None:
+                    moved = asyncio.ensure_future(client.move_to(other.channel, pair))
+                    later = bytearray()
+                    await _read(client, manifest, 2, 0, PIECE_SIZE, later)
+                    assert hashlib.sha256(later).digest() == manifest.digests[2]
+                    # Piece 1 is still being read from the first channel, which is therefore kept.
+                    assert not moved.done()
+        assert hashlib.sha256(underway).digest() == manifest.digests[1]
+        await asyncio.wait_for(moved, STALL)
+        assert client.channel is other.channel and client.route == "direct-channel"
+        # Nothing goes over the first channel any more: its end closing cuts nothing.
+        await first_server.close()
+        last = bytearray()
+        await _read(client, manifest, 3, 0, PIECE_SIZE, last)
+        assert hashlib.sha256(last).digest() == manifest.digests[3]

@@ -42,6 +42,7 @@ from harness.netns import (ENDPOINT_INDEPENDENT, PREFIX_BASE, SYMMETRIC, HomePla
                            remove_leftovers, unavailable)
 from harness.turn import NamespaceTurnServer, turnserver
 from peers.fetcher import PEER_STALL, UPSTREAM_STALL
+from peers.session import MAX_IN_FLIGHT
 from peers import links
 from harness.webrtc_peer import PeerProcess, connect, manifest_json
 from tests.needs import skip_or_fail
@@ -309,12 +310,14 @@ async def _watch_from(node: Server, video_id: str, **play) -> tuple[Playback, di
     return playback, await node.get_json(f"/videos/{video_id}/sources"), viewer
 
 
-async def _two_viewers(origin: Server, first: Server, second: Server, video_id: str) -> tuple[Playback, dict, float]:
-    """``first``'s player plays the video, then ``second``'s; the second's playback and sources, and the origin's egress."""
+async def _two_viewers(origin: Server, first: Server, second: Server, video_id: str, **play
+                       ) -> tuple[Playback, dict, float]:
+    """``first``'s player plays the video, then ``second``'s (``play`` as for Viewer.play); the second's playback
+    and sources, and the origin's egress."""
     await start_all(first, second, video=video_id)
     before = await _egress(origin)
     seeder = await _seed(origin, first, video_id)
-    playback, sources, viewer = await _watch_from(second, video_id)
+    playback, sources, viewer = await _watch_from(second, video_id, **play)
     egress = await _egress(origin) - before
     for v, node in ((viewer, second), (seeder, first)):
         await node.namespace.inside(_close(v))
@@ -322,21 +325,73 @@ async def _two_viewers(origin: Server, first: Server, second: Server, video_id: 
 
 
 def test_a_node_streams_from_a_node_behind_another_endpoint_independent_nat_over_a_direct_channel(
-        internet, origin, nodes):
+        internet, origin, coturn, nodes):
     a, b = internet.homes["a"], internet.homes["b"]
     data = write_random_video(os.path.join(origin.library, "direct.mp4"), VIDEO_OF_NODES)
     first, second = nodes("a", a), nodes("b", b)
+    earlier = set(coturn.sessions())
     forwarded = b.forwarded_in()
-    playback, sources, egress = asyncio.run(_two_viewers(origin, first, second, "direct"))
+    # Paced at 8 Mbit/s (4 s): time enough for a channel whose relayed pair won the race to move to the direct one.
+    playback, sources, egress = asyncio.run(_two_viewers(origin, first, second, "direct",
+                                                         range_size=256 * 1024, rate=1024 * 1024))
     # The point of the setup: b cannot reach the URL a announces.
     assert _tcp_from(b.hosts[0], a.public_address, port=first.port)[a.public_address] != "connected"
     assert playback.sha256 == hashlib.sha256(data).hexdigest()
     assert sources["reached"] == {first.public_url: "direct-channel"}, sources
     assert sources["peers"] >= len(data) * 3 // 4, sources
-    # Home to home through both NATs: b's router let in at least those bytes straight from a's.
-    assert b.forwarded_in()["peers"] - forwarded["peers"] >= sources["peers"]
     # The whole video once for a, and for b what it read before the channel opened.
     assert egress <= 1.3 * len(data), (egress, sources)
+    # Home to home through both NATs: b's router let in straight from a's home what b had from a, but for what
+    # coturn relayed before a channel moved (none, unless the relayed pair won the race: see the test below).
+    direct = b.forwarded_in()["peers"] - forwarded["peers"]
+    for node in (second, first):
+        node.stop()
+    relayed = _relayed_after(coturn, earlier)
+    assert direct >= sources["peers"] - relayed, (direct, relayed, sources)
+
+
+def test_a_channel_that_opened_relayed_moves_to_a_direct_pair_once_one_opens(internet, origin, coturn, nodes):
+    """As on a slow machine, where the relayed pair's check succeeds before the direct one's first resend."""
+    a, b = internet.homes["a"], internet.homes["b"]
+    data = write_random_video(os.path.join(origin.library, "moved.mp4"), VIDEO_OF_NODES)
+    first, second = nodes("a", a), nodes("b", b)
+
+    async def reached() -> str | None:
+        return (await second.get_json("/videos/moved/sources"))["reached"].get(first.public_url)
+
+    async def scenario():
+        await start_all(first, second, video="moved")
+        seeder = await _seed(origin, first, "moved")
+        viewer = Viewer(second.url)
+        await second.namespace.inside(viewer.watch("moved"))
+        # Paced at 2 Mbit/s (16 s), so the playback outlasts the move however late in the resend schedule it comes.
+        playing = asyncio.ensure_future(second.namespace.inside(
+            viewer.play("moved", range_size=256 * 1024, rate=256 * 1024)))
+        with b.dropping_udp_from(a.public_address):
+            await until(_is(reached, "relayed-channel"), TRANSFER_TIMEOUT, what="b reading a over a relayed channel")
+        forwarded = b.forwarded_in()
+        await until(_is(reached, "direct-channel"), links.CONNECT_TIMEOUT + 5.0, what="b's channel to a moving to a direct pair")
+        moved = await second.get_json("/videos/moved/sources")
+        playback = await playing
+        sources = await second.get_json("/videos/moved/sources")
+        for v, node in ((viewer, second), (seeder, first)):
+            await node.namespace.inside(_close(v))
+        return playback, moved, sources, b.forwarded_in()["peers"] - forwarded["peers"]
+
+    playback, moved, sources, direct = asyncio.run(scenario())
+    assert playback.sha256 == hashlib.sha256(data).hexdigest()
+    assert "moves to a direct pair" in second.log_tail(400)
+    assert sources["reached"] == {first.public_url: "direct-channel"}, sources
+    # What b read from a once its channel had moved came straight from a's home, but for the pieces that were
+    # under way on the relay at the move (at most MAX_IN_FLIGHT of them).
+    assert sources["peers"] > moved["peers"] + MAX_IN_FLIGHT * NODE_PIECE, (moved, sources)
+    assert direct >= sources["peers"] - moved["peers"] - MAX_IN_FLIGHT * NODE_PIECE, (direct, moved, sources)
+
+
+def _is(value, wanted: str):
+    async def condition() -> bool:
+        return await value() == wanted
+    return condition
 
 
 def test_a_node_streams_from_a_node_behind_symmetric_nats_over_a_relayed_channel(internet, origin, coturn, nodes):
