@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import http.client
 import json
 import os
 import signal
@@ -35,6 +36,11 @@ BIG = 32 * MiB
 REPLACED_WITHIN = 30.0
 
 
+# Seconds between asking again when a worker has not answered: one being
+# replaced takes a second or two, which is no reason to spin a core.
+ASK_AGAIN = 0.02
+
+
 def worker_of(url: str) -> tuple[int, int]:
     """(index, pid) of the worker that answers ``/healthz`` on a new connection."""
     with urllib.request.urlopen(f"{url}/healthz", timeout=5) as response:
@@ -42,23 +48,54 @@ def worker_of(url: str) -> tuple[int, int]:
     return worker["index"], worker["pid"]
 
 
-def all_workers(server: ServerProcess) -> dict[int, int]:
-    """Index -> pid of every worker, asked until each has answered (the last may still be starting)."""
-    seen: dict[int, int] = {}
+def on_a_worker(server: ServerProcess, path: str, headers: dict | None = None) -> tuple[dict, int, dict]:
+    """``/healthz``'s ``worker`` and the status and JSON of ``path``, both asked on one connection, so of one worker."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    try:
+        conn.request("GET", "/healthz")
+        health = json.loads(conn.getresponse().read())
+        conn.request("GET", path, headers=headers or {})
+        response = conn.getresponse()
+        return health["worker"], response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def every_worker(server: ServerProcess, path: str = "/healthz", headers: dict | None = None
+                 ) -> dict[int, tuple[dict, int, dict]]:
+    """Index -> what :func:`on_a_worker` gives, asked on new connections until each worker has answered.
+
+    SO_REUSEPORT spreads new connections evenly, so two running workers
+    answer within a few; a worker being replaced, once it is back.
+    """
+    seen: dict[int, tuple] = {}
     deadline = time.monotonic() + REPLACED_WITHIN
     while len(seen) < WORKERS:
-        index, pid = worker_of(server.url)
-        seen[index] = pid
-        assert time.monotonic() < deadline, f"not every worker answered:\n{server.log_tail()}"
+        assert time.monotonic() < deadline, f"not every worker answered: {sorted(seen)}\n{server.log_tail()}"
+        try:
+            answer = on_a_worker(server, path, headers)
+        except ConnectionError:  # queued on a worker as it was killed (see ops.workers)
+            time.sleep(ASK_AGAIN)
+            continue
+        if answer[0]["index"] in seen:
+            time.sleep(ASK_AGAIN)
+        seen[answer[0]["index"]] = answer
     return seen
 
 
-def workers_server(tmp_path, **server) -> ServerProcess:
+def all_workers(server: ServerProcess) -> dict[int, int]:
+    """Index -> pid of every worker (the last may still be starting)."""
+    return {index: worker["pid"] for index, (worker, _, _) in every_worker(server).items()}
+
+
+def workers_server(tmp_path, limits: dict | None = None, **server) -> ServerProcess:
+    """``server.py`` with :data:`WORKERS` workers on the library in ``tmp_path/library`` (made if missing)."""
     library = tmp_path / "library"
     library.mkdir(exist_ok=True)
     return ServerProcess(tmp_path, {
         "server": {"workers": WORKERS, **server},
         "storage": {"library": str(library), "cache_dir": str(tmp_path / "cache")},
+        **({"limits": limits} if limits else {}),
     })
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.client
 import os
 import signal
 import statistics
@@ -33,7 +32,7 @@ from ops.limits import SharedCounts, shared_counts
 from ops.workers import WorkerContext
 from presence.relay import Relay, relaying
 from tests.test_presence_changes import apply
-from tests.test_workers import REPLACED_WITHIN, WORKERS
+from tests.test_workers import REPLACED_WITHIN, WORKERS, every_worker, workers_server
 
 # A change on one worker shows on another within the broadcast's coalescing
 # (presence.coalesce_interval, 0.02 s) plus the relay's few milliseconds;
@@ -281,9 +280,6 @@ def test_a_shared_count_is_summed_over_workers_never_short_and_a_dead_row_is_rel
 # loaded machine, and far below presence's instance timeout (30 s), which
 # is what would drop them if the relay did not.
 GONE_WITHIN = 5.0
-# Seconds between asking again when a worker has not answered: one being
-# replaced takes a second or two, which is no reason to spin a core.
-ASK_AGAIN = 0.02
 UPGRADE = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
 
@@ -293,45 +289,7 @@ def presence_server(tmp_path, **limits) -> ServerProcess:
     library.mkdir()
     for video in ("lobby", "alpha", "beta"):
         write_unprobed_video(str(library / f"{video}.mp4"), 1024)
-    return ServerProcess(tmp_path, {
-        "server": {"workers": WORKERS},
-        "storage": {"library": str(library), "cache_dir": str(tmp_path / "cache")},
-        **({"limits": limits} if limits else {}),
-    })
-
-
-def on_a_worker(server: ServerProcess, path: str, headers: dict | None = None) -> tuple[dict, int, dict]:
-    """``/healthz``'s ``worker`` and the status and JSON of ``path``, both asked on one connection, so of one worker."""
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
-    try:
-        conn.request("GET", "/healthz")
-        health = ujson.loads(conn.getresponse().read())
-        conn.request("GET", path, headers=headers or {})
-        response = conn.getresponse()
-        return health["worker"], response.status, ujson.loads(response.read())
-    finally:
-        conn.close()
-
-
-def every_worker(server: ServerProcess, path: str, headers: dict | None = None) -> dict[int, tuple[dict, int, dict]]:
-    """Index -> what :func:`on_a_worker` gives, asked on new connections until each worker has answered.
-
-    SO_REUSEPORT spreads new connections evenly, so two running workers
-    answer within a few; a worker being replaced, once it is back.
-    """
-    seen: dict[int, tuple] = {}
-    deadline = time.monotonic() + REPLACED_WITHIN
-    while len(seen) < WORKERS:
-        assert time.monotonic() < deadline, f"not every worker answered: {sorted(seen)}\n{server.log_tail()}"
-        try:
-            answer = on_a_worker(server, path, headers)
-        except ConnectionError:  # queued on a worker as it was killed (see ops.workers)
-            time.sleep(ASK_AGAIN)
-            continue
-        if answer[0]["index"] in seen:
-            time.sleep(ASK_AGAIN)
-        seen[answer[0]["index"]] = answer
-    return seen
+    return workers_server(tmp_path, limits)
 
 
 async def pictures(server: ServerProcess) -> dict[int, dict]:
