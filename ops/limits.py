@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import hashlib
 import mmap
 import os
@@ -112,19 +113,23 @@ class SharedCounts:
         self._own = index * _ROW
         self._map[self._own * _COUNTER:(self._own + _ROW) * _COUNTER] = bytes(_ROW * _COUNTER)  # a dead predecessor's
 
-    @staticmethod
-    def _cells(address: str) -> tuple[int, ...]:
-        digest = hashlib.blake2b(address.encode(), digest_size=4 * DEPTH).digest()
-        return tuple(d * WIDTH + int.from_bytes(digest[4 * d:4 * d + 4]) % WIDTH for d in range(DEPTH))
-
     def count(self, address: str) -> int:
-        counters = self._counters
-        return min(sum(counters[row + cell] for row in self._rows) for cell in self._cells(address))
+        counters, rows = self._counters, self._rows
+        return min([sum([counters[row + cell] for row in rows]) for cell in _cells(address)])
 
     def add(self, address: str, delta: int) -> None:
-        for cell in self._cells(address):
+        counters, own = self._counters, self._own
+        for cell in _cells(address):
             # Not below 0: the relay may have zeroed this row, taking the worker for dead.
-            self._counters[self._own + cell] = max(0, self._counters[self._own + cell] + delta)
+            counters[own + cell] = max(0, counters[own + cell] + delta)
+
+
+# An address is counted on every grant and release: the hash of one that
+# keeps coming back (a player's, a node's) is worth keeping.
+@functools.lru_cache(maxsize=4096)
+def _cells(address: str) -> tuple[int, ...]:
+    digest = hashlib.blake2b(address.encode(), digest_size=4 * DEPTH).digest()
+    return tuple(d * WIDTH + int.from_bytes(digest[4 * d:4 * d + 4]) % WIDTH for d in range(DEPTH))
 
 
 def release_worker(run_dir: str, what: str, index: int) -> None:
