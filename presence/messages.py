@@ -11,6 +11,7 @@ catalog, where the peer, if named, is the client itself, or
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 from typing import Any, Callable, Container
@@ -98,6 +99,20 @@ def check_address(address: Any, key: str) -> str:
     return address
 
 
+# A node names itself in every change it sends: the same pair each time, parsed once.
+@functools.lru_cache(maxsize=4096)
+def _names_itself(url: str, client_ip: str) -> bool:
+    try:
+        parts = urlsplit(url)  # raises ValueError too, on a broken IPv6 host ("http://[::1")
+        host = ipaddress.ip_address(parts.hostname or "")
+        same = host == ipaddress.ip_address(client_ip)
+    except ValueError:
+        return False
+    # A URL is printable ASCII. Anything else goes into every presence
+    # broadcast; a lone surrogate ("\ud800") would make each one fail to encode.
+    return parts.scheme in ("http", "https") and same and url.isascii() and url.isprintable()
+
+
 def check_peer(url: Any, client_ip: str) -> str:
     """``url`` if it is an http(s) URL whose host is the client's own address; else BadMessage.
 
@@ -106,16 +121,6 @@ def check_peer(url: Any, client_ip: str) -> str:
     """
     if not isinstance(url, str):
         raise BadMessage("'peer' must be a URL")
-    try:
-        parts = urlsplit(url)  # raises ValueError too, on a broken IPv6 host ("http://[::1")
-        host = ipaddress.ip_address(parts.hostname or "")
-        same = host == ipaddress.ip_address(client_ip)
-    except ValueError:
-        refused = True
-    else:
-        # A URL is printable ASCII. Anything else goes into every presence
-        # broadcast; a lone surrogate ("\ud800") would make each one fail to encode.
-        refused = parts.scheme not in ("http", "https") or not same or not (url.isascii() and url.isprintable())
-    if refused:
+    if not _names_itself(url, client_ip):
         raise BadMessage(f"'peer' must be an http(s) URL whose host is your address {client_ip}")
     return url
