@@ -324,6 +324,18 @@ async def _two_viewers(origin: Server, first: Server, second: Server, video_id: 
     return playback, sources, egress
 
 
+async def _paced_playback(origin: Server, first: Server, second: Server, video_id: str, rate: int
+                          ) -> tuple[Viewer, Viewer, asyncio.Future]:
+    """``first`` seeded, then ``second``'s player playing in 256 KiB ranges paced at ``rate`` bytes a second:
+    the seeder, the viewer, and its playback under way."""
+    await start_all(first, second, video=video_id)
+    seeder = await _seed(origin, first, video_id)
+    viewer = Viewer(second.url)
+    await second.namespace.inside(viewer.watch(video_id))
+    playing = asyncio.ensure_future(second.namespace.inside(viewer.play(video_id, range_size=256 * 1024, rate=rate)))
+    return seeder, viewer, playing
+
+
 def test_a_node_streams_from_a_node_behind_another_endpoint_independent_nat_over_a_direct_channel(
         internet, origin, coturn, nodes):
     a, b = internet.homes["a"], internet.homes["b"]
@@ -360,13 +372,8 @@ def test_a_channel_that_opened_relayed_moves_to_a_direct_pair_once_one_opens(int
         return (await second.get_json("/videos/moved/sources"))["reached"].get(first.public_url)
 
     async def scenario():
-        await start_all(first, second, video="moved")
-        seeder = await _seed(origin, first, "moved")
-        viewer = Viewer(second.url)
-        await second.namespace.inside(viewer.watch("moved"))
         # Paced at 2 Mbit/s (16 s), so the playback outlasts the move however late in the resend schedule it comes.
-        playing = asyncio.ensure_future(second.namespace.inside(
-            viewer.play("moved", range_size=256 * 1024, rate=256 * 1024)))
+        seeder, viewer, playing = await _paced_playback(origin, first, second, "moved", rate=256 * 1024)
         with b.dropping_udp_from(a.public_address):
             await until(_is(reached, "relayed-channel"), TRANSFER_TIMEOUT, what="b reading a over a relayed channel")
         forwarded = b.forwarded_in()
@@ -449,13 +456,8 @@ def test_when_the_serving_node_is_killed_the_other_finishes_from_the_origin(inte
     first, second = nodes("a", a), nodes("b", b)
 
     async def scenario():
-        await start_all(first, second, video="killed")
-        seeder = await _seed(origin, first, "killed")
-        viewer = Viewer(second.url)
-        await second.namespace.inside(viewer.watch("killed"))
         # Paced as a player at four times an 8 Mbit/s stream, so the kill comes mid-video.
-        playing = asyncio.ensure_future(second.namespace.inside(
-            viewer.play("killed", range_size=256 * 1024, rate=4 * 1024 * 1024)))
+        seeder, viewer, playing = await _paced_playback(origin, first, second, "killed", rate=4 * 1024 * 1024)
 
         async def from_peer() -> bool:
             return (await second.get_json("/videos/killed/sources"))["peers"] >= len(data) // 4
