@@ -149,9 +149,8 @@ class ChannelClient:
 
     def __init__(self, channel: RTCDataChannel, pair: dict | None = None) -> None:
         self._next_id = 0
-        self._answers: dict[int, asyncio.Queue] = {}
-        # The channel each request still under way went over: after a move it finishes there.
-        self._sent_over: dict[int, RTCDataChannel] = {}
+        # Each request under way: where its answers go, and the channel it went over (after a move it finishes there).
+        self._answers: dict[int, tuple[asyncio.Queue, RTCDataChannel]] = {}
         self._request_ended = asyncio.Event()
         self._carry_on(channel, pair)
 
@@ -174,7 +173,7 @@ class ChannelClient:
         """
         previous = self.channel
         self._carry_on(channel, pair)
-        while any(c is previous for c in self._sent_over.values()):
+        while any(over is previous for _, over in self._answers.values()):
             self._request_ended.clear()
             await self._request_ended.wait()
 
@@ -182,32 +181,33 @@ class ChannelClient:
         if isinstance(message, str):
             try:
                 answer = ujson.loads(message)
-                queue = self._answers.get(answer["id"])
+                under_way = self._answers.get(answer["id"])
             except (ValueError, TypeError, KeyError):
                 return
         elif len(message) >= _REQUEST_ID.size:
             (request_id,) = _REQUEST_ID.unpack_from(message)
-            queue, answer = self._answers.get(request_id), message[_REQUEST_ID.size :]
-        if queue is not None:
-            queue.put_nowait(answer)
+            under_way, answer = self._answers.get(request_id), message[_REQUEST_ID.size :]
+        else:
+            return  # too short to name a request
+        if under_way is not None:
+            under_way[0].put_nowait(answer)
 
     def _on_close(self, channel: RTCDataChannel) -> None:
-        for request_id, over in self._sent_over.items():
+        for queue, over in self._answers.values():
             if over is channel:
-                self._answers[request_id].put_nowait(None)
+                queue.put_nowait(None)
 
     def _ask(self, request: dict) -> tuple[int, asyncio.Queue]:
         if self.channel.readyState != "open":
             raise TransferError(f"channel {self.channel.label}: not open")
         self._next_id = (self._next_id + 1) % 2**32
         queue: asyncio.Queue = asyncio.Queue()
-        self._answers[self._next_id] = queue
-        self._sent_over[self._next_id] = self.channel
+        self._answers[self._next_id] = queue, self.channel
         self.channel.send(ujson.dumps({"id": self._next_id, **request}))
         return self._next_id, queue
 
     def _end(self, request_id: int) -> None:
-        del self._answers[request_id], self._sent_over[request_id]
+        del self._answers[request_id]
         self._request_ended.set()
 
     async def _next(self, queue: asyncio.Queue, timeout: float, what: str) -> object:
