@@ -173,32 +173,32 @@ def plan_response(headers: Mapping[str, str], method: str, size: int, etag: str,
     part for a 206; it is None for 304, 412 and 416.
     """
     last_modified = sent_last_modified(modified, date)
-    if_match = headers.get("If-Match")
+    if_match = _header(headers, "If-Match")
     if if_match is not None:
         tags = _etag_list(if_match)
         # If-Match uses the strong comparison: a weak tag never matches.
         if "*" not in tags and etag not in tags:
             return ResponsePlan(412, last_modified)
     else:
-        since = _parse_http_date(headers.get("If-Unmodified-Since", ""))
+        since = _header_date(headers, "If-Unmodified-Since")
         if since is not None and last_modified > since:
             return ResponsePlan(412, last_modified)
 
-    if_none_match = headers.get("If-None-Match")
+    if_none_match = _header(headers, "If-None-Match")
     if if_none_match is not None:
         tags = _etag_list(if_none_match)
         if "*" in tags or any(_weak_match(tag, etag) for tag in tags):
             return ResponsePlan(304, last_modified)
     else:
-        since = _parse_http_date(headers.get("If-Modified-Since", ""))
+        since = _header_date(headers, "If-Modified-Since")
         if since is not None and last_modified <= since:
             return ResponsePlan(304, last_modified)
 
     whole = ResponsePlan(200, last_modified, ByteRange(0, size))
-    range_header = headers.get("Range")
+    range_header = _header(headers, "Range")
     if method != "GET" or range_header is None:
         return whole
-    if not _if_range_holds(headers.get("If-Range"), etag, last_modified, date):
+    if not _if_range_holds(_header(headers, "If-Range"), etag, last_modified, date):
         return whole
     try:
         selected = parse_range(range_header, size)
@@ -207,6 +207,21 @@ def plan_response(headers: Mapping[str, str], method: str, size: int, etag: str,
     if selected is None:
         return whole
     return ResponsePlan(206, last_modified, selected)
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """The header's value, None when absent.
+
+    Most requests carry none of the precondition headers, and a Mapping's
+    get() finds a header absent by catching the KeyError its lookup raised:
+    five of those were half of this module's time per request.
+    """
+    return headers[name] if name in headers else None
+
+
+def _header_date(headers: Mapping[str, str], name: str) -> float | None:
+    value = _header(headers, name)
+    return None if value is None else _parse_http_date(value)
 
 
 def _if_range_holds(if_range: str | None, etag: str, last_modified: int, date: float) -> bool:
