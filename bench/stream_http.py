@@ -14,7 +14,10 @@ Placement: with N below the number of CPUs the servers run on CPUs 0..N-1
 and wrk on the others (taskset), so the generator takes no server's core;
 at N = all CPUs nothing is pinned and wrk shares the cores with the
 servers, so each of those figures is "all cores less what wrk took" (wrk's
-own cores used are printed beside them).
+own cores used are printed beside them). Where wrk fills its own CPUs while
+a server leaves some of its own idle, the bench says so: that server's rate
+is then the pace wrk could ask at, and its CPU time per request is what
+compares it with the others.
 
     .venv/bin/python bench/stream_http.py [--seconds 10] [--rounds 3] [--workers 1,2]
 
@@ -107,6 +110,24 @@ def wrk(url: str, script: str, seconds: float, connections: int, prefix: list[st
         raise SystemExit(f"{url}: {errors.group(1)} failed responses\n{out}")
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     return rate, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+
+
+def generator_bound(workers: int, server_cores: dict[str, float], wrk_cores: dict[str, float]) -> str | None:
+    """A note when wrk, on CPUs of its own, was what set the pace: its CPUs full, a server's not.
+
+    Then that server's rate says how fast wrk could ask it, not how fast it
+    can serve, and its CPU time per request is the figure that compares it.
+    """
+    _, generator = cpu_placement(workers)
+    if not generator:
+        return None
+    wrk_cpus = len(generator[-1].split(","))
+    held_back = [name for name, used in server_cores.items()
+                 if wrk_cores[name] >= 0.95 * wrk_cpus and used < 0.9 * workers]
+    if not held_back:
+        return None
+    return (f"wrk filled its {wrk_cpus} CPU(s) while {', '.join(LABELS[name] for name in held_back)} used under "
+            f"0.9 of their {workers}: there the generator set the rate, and CPU ms/request is what compares them")
 
 
 def servers_for(work: str, library: str, workers: int) -> dict[str, ListeningProcess]:
@@ -203,6 +224,11 @@ def main() -> None:
                       f"{cpu:.2f} cores, {1000 * cpu / median[key]:.2f} CPU ms/request, "
                       f"wrk {statistics.median(wrk_cores[key]):.2f} cores)  rounds: "
                       + ", ".join(f"{r:.0f}" for r in rates[key]))
+            names = [name for m, name in servers if m == n]
+            note = generator_bound(n, {name: statistics.median(cores[n, name]) for name in names},
+                                   {name: statistics.median(wrk_cores[n, name]) for name in names})
+            if note:
+                print(f"  {note}")
             tree = process_tree(servers[n, "binge"].pid)
             print(f"  Binge+ RSS ({len(tree)} processes): {rss_before[n] / 1024:.1f} MiB before, "
                   f"{sum(rss_kib(p) for p in tree) / 1024:.1f} MiB after")
