@@ -7,8 +7,11 @@ by aiohttp with N processes (its ``FileResponse``, each process a
 ``web.run_app`` with SO_REUSEPORT) and by Binge+ with ``server.workers: N``; at N = 1 also by Tornado's
 ``StaticFileHandler``. Rounds alternate between all of them, so that noise
 on this shared machine hits all alike; the medians, their ratios to nginx
-at the same N and to aiohttp, each server's cores used, and the CPU time
-per request are printed, with the machine's load and its reference loop.
+at the same N and to aiohttp, each server's cores used and CPU time per
+request, and wrk's beside them, are printed, with the machine's load and
+its reference loop. (On loopback the client's kernel work per request
+depends on how the server sends, so wrk's CPU per request differs from
+server to server, and where wrk shares the cores it counts.)
 
 Placement: with N below the number of CPUs the servers run on CPUs 0..N-1
 and wrk on the others (taskset), so the generator takes no server's core;
@@ -218,11 +221,11 @@ def main() -> None:
                 key = (n, name)
                 if key not in median:
                     continue
-                cpu = statistics.median(cores[key])
+                cpu, wrk_used = statistics.median(cores[key]), statistics.median(wrk_cores[key])
                 print(f"  {LABELS[name]:26s} {median[key]:8.1f} req/s  {median[key] / median[n, 'nginx']:.2f}x nginx"
                       f"  {median[key] / median[n, 'aiohttp']:.2f}x aiohttp  ({median[key] * RANGE / 2**20:.0f} MiB/s, "
                       f"{cpu:.2f} cores, {1000 * cpu / median[key]:.2f} CPU ms/request, "
-                      f"wrk {statistics.median(wrk_cores[key]):.2f} cores)  rounds: "
+                      f"wrk {wrk_used:.2f} cores, {1000 * wrk_used / median[key]:.2f} CPU ms/request)  rounds: "
                       + ", ".join(f"{r:.0f}" for r in rates[key]))
             names = [name for m, name in servers if m == n]
             note = generator_bound(n, {name: statistics.median(cores[n, name]) for name in names},
