@@ -23,59 +23,44 @@ log = logging.getLogger("binge.stream")
 SENDFILE_SEGMENT = 4 * 1024 * 1024
 
 
-async def sendfile(sock: socket.socket, file: BinaryIO, offset: int, count: int, timeout: float) -> int:
+async def sendfile(sock: socket.socket, file: BinaryIO, offset: int, count: int) -> int:
     """Sends ``count`` bytes of ``file`` from ``offset`` to the non-blocking ``sock`` with sendfile(2).
 
     Returns the bytes sent, fewer than ``count`` only if the file ended.
-    What the socket takes at once is sent there and then, with no timer and
-    no registration with the loop: for a range that fits the socket's
-    buffer, that is all there is. While the socket is full it waits for it
-    to drain, watched the whole time (asyncio's ``loop.sock_sendfile``
-    instead stops watching and watches anew on every wakeup, two
-    epoll_ctl(2) calls and a selector key each time, which a paced player
-    turns into a fifth of the loop's time), and raises TimeoutError if the
-    rest is not taken within ``timeout`` seconds.
-
-    The loop watches a duplicate of the socket: Tornado closes its own the
-    moment the client hangs up, and a loop left watching a closed fd number
-    (which the next connection may reuse) breaks that connection's
-    registration.
+    While the socket is full it waits for it to drain, watched the whole
+    time: asyncio's ``loop.sock_sendfile`` instead stops watching and watches
+    anew on every wakeup, two epoll_ctl(2) calls and a selector key each
+    time, which a paced player (a wakeup for every read it makes) turns into
+    a fifth of the loop's time. Cancelled (a timeout), it stops watching.
     """
-    file_fd = file.fileno()
+    loop = asyncio.get_running_loop()
+    fd, file_fd = sock.fileno(), file.fileno()
+    done = loop.create_future()
     sent = 0
 
-    def send(fd: int) -> bool:
-        """Sends what the socket takes; whether the count is all sent or the file ended."""
+    def send() -> None:
         nonlocal sent
-        try:
-            n = os.sendfile(fd, file_fd, offset + sent, count - sent)
-        except (BlockingIOError, InterruptedError):
-            return False
-        sent += n
-        return n == 0 or sent == count
-
-    if send(sock.fileno()):
-        return sent
-    loop = asyncio.get_running_loop()
-    done = loop.create_future()
-
-    def on_writable() -> None:
         if done.done():
             return
         try:
-            if send(fd):
-                done.set_result(sent)
+            n = os.sendfile(fd, file_fd, offset + sent, count - sent)
+        except (BlockingIOError, InterruptedError):
+            return
         except OSError as e:
             done.set_exception(e)
+            return
+        sent += n
+        if n == 0 or sent == count:
+            done.set_result(sent)
 
-    with sock.dup() as watched:
-        fd = watched.fileno()
-        loop.add_writer(fd, on_writable)
-        try:
-            async with asyncio.timeout(timeout):
-                return await done
-        finally:
-            loop.remove_writer(fd)
+    send()
+    if done.done():
+        return done.result()
+    loop.add_writer(fd, send)
+    try:
+        return await done
+    finally:
+        loop.remove_writer(fd)
 
 
 class StreamHandler(BaseHandler):
@@ -163,19 +148,24 @@ class StreamHandler(BaseHandler):
             sock = tornado_internals.socket_of(connection)
             if sock is None:
                 return  # the client hung up meanwhile
-            while sent < byte_range.length:
-                count = min(SENDFILE_SEGMENT, byte_range.length - sent)
-                done = await sendfile(sock, file, byte_range.start + sent, count,
-                                      self.application.config.server.stall_timeout)
-                sent += done
-                self._sent(done)
-                if done < count:
-                    # The file shrank. The status line is gone: cut the connection
-                    # so the client sees a short body, as _send_chunks does on a
-                    # store error (finish() would raise, logged as a crash).
-                    log.warning("aborting %s: the file shrank after %d bytes", self.request.uri, sent)
-                    connection.close()
-                    return
+            # The loop watches the socket while sendfile waits, through a
+            # duplicate: Tornado closes its own the moment the client hangs up,
+            # and a loop left watching a closed fd number (which the next
+            # connection may reuse) breaks that connection's registration.
+            with sock.dup() as out:
+                while sent < byte_range.length:
+                    count = min(SENDFILE_SEGMENT, byte_range.length - sent)
+                    async with asyncio.timeout(self.application.config.server.stall_timeout):
+                        done = await sendfile(out, file, byte_range.start + sent, count)
+                    sent += done
+                    self._sent(done)
+                    if done < count:
+                        # The file shrank. The status line is gone: cut the connection
+                        # so the client sees a short body, as _send_chunks does on a
+                        # store error (finish() would raise, logged as a crash).
+                        log.warning("aborting %s: the file shrank after %d bytes", self.request.uri, sent)
+                        connection.close()
+                        return
         except TimeoutError:
             self._drop_stalled()
             return
