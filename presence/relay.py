@@ -172,9 +172,10 @@ class Relay:
                 elif kind != PASSED:
                     raise ConnectionError(f"unexpected frame kind {kind}")
                 self._pass_on(worker, frame(RECORD, 0, record))
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError, KeyError, TypeError) as e:
-            if not isinstance(e, asyncio.IncompleteReadError):
-                log.warning("presence relay: worker %s dropped: %s", worker.instance or "?", e)
+        except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError):
+            pass  # the worker's end closed: it stopped (a worker's relay connection ends with a reset) or died
+        except (ConnectionError, ValueError, KeyError, TypeError) as e:
+            log.warning("presence relay: worker %s dropped: %s", worker.instance or "?", e)
         finally:
             if worker in self._workers:
                 self._workers.remove(worker)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import statistics
@@ -225,6 +226,36 @@ def test_the_relay_drops_a_worker_that_reads_nothing_and_keeps_serving_the_other
             await relay.close()
 
     asyncio.run(check())
+
+
+def test_a_worker_that_closes_its_connection_with_frames_unread_leaves_without_a_warning(tmp_path, caplog):
+    """A worker's relay connection ends with a reset when it stops (RelayTransport.close aborts it),
+    often with the relay's last frames unread: that is a worker going, as at every SIGTERM, not a fault."""
+    from presence.relay import HELLO, KEPT_CHANGE, frame, socket_path
+
+    async def check():
+        relay = Relay(str(tmp_path))
+        await relay.start()
+        try:
+            _, leaving = await asyncio.open_unix_connection(socket_path(str(tmp_path)))
+            leaving.write(frame(HELLO, 0, ujson.dumps({"instance": "leaving", "index": 0}).encode()))
+            _, other = await asyncio.open_unix_connection(socket_path(str(tmp_path)))
+            other.write(frame(HELLO, 0, ujson.dumps({"instance": "other", "index": 1}).encode()))
+            await until(lambda: relay.connected() == 2, 5)
+            leaving.transport.pause_reading()  # what comes now arrives after its last read
+            other.write(frame(KEPT_CHANGE, 1, b"x" * 1000))
+            await other.drain()
+            await asyncio.sleep(0.1)
+            leaving.transport.abort()
+            await until(lambda: relay.connected() == 1, 5, "the leaving worker gone")
+            other.close()
+            await until(lambda: relay.connected() == 0, 5, "the other worker gone")
+        finally:
+            await relay.close()
+
+    with caplog.at_level("INFO", logger="binge.presence"):
+        asyncio.run(check())
+    assert not [r.getMessage() for r in caplog.records if r.name == "binge.presence" and r.levelno >= logging.WARNING]
 
 
 @pytest.mark.parametrize("config", ["filesystem"], indirect=True)
